@@ -1,0 +1,143 @@
+"""The unit of work: one transaction for state and the events that describe its change."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import chain
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from shared.aggregate import Aggregate, next_sequence
+from shared.errors import ConcurrencyError
+from shared.events import Event, StoredEvent, to_stored
+from shared.tables import outbox
+
+T = TypeVar("T")
+
+
+class UnitOfWork:
+    """A transaction over aggregates and events, rolled back unless committed.
+
+    >>> with runtime.unit_of_work() as uow:
+    ...     uow.add(LoanApplication.submit(...))
+    ...     uow.commit()
+
+    ``commit`` flushes the aggregates, writes every event they recorded (and every event given to
+    :meth:`publish`) as outbox rows in the same transaction, commits, then wakes the relay.
+    Inside a handler the framework owns the transaction: ``commit`` there only writes what is pending,
+    and the handler's effects commit together with its inbox row when it returns.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        on_commit: Callable[[], None] | None = None,
+        managed: bool = False,
+    ) -> None:
+        self.session = session
+        self._on_commit = on_commit
+        self._managed = managed
+        self._loose: list[tuple[int, Event]] = []
+        self.written: list[StoredEvent] = []
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def add(self, obj: Any) -> None:
+        """Track a new aggregate (or any mapped object) in this transaction."""
+        self.session.add(obj)
+
+    def get(self, cls: type[T], ident: Any, *, for_update: bool = False) -> T | None:
+        """Load an object by primary key, optionally locking its row until commit."""
+        return self.session.get(cls, ident, with_for_update=for_update)
+
+    def publish(self, event: Event) -> None:
+        """Write ``event`` with this transaction although no aggregate recorded it."""
+        self._loose.append((next_sequence(), event))
+
+    # --- transaction ----------------------------------------------------------------------------
+
+    def commit(self) -> list[StoredEvent]:
+        """Save state and events atomically; return the events written by this call."""
+        written = self.flush()
+        if self._managed:
+            return written
+        try:
+            self.session.commit()
+        except StaleDataError as exc:
+            self.session.rollback()
+            raise ConcurrencyError() from exc
+        if self.written and self._on_commit is not None:
+            self._on_commit()
+        return written
+
+    def flush(self) -> list[StoredEvent]:
+        """Write pending state and outbox rows in the open transaction, without committing."""
+        aggregates = self._touched_aggregates()
+        for agg in aggregates:
+            if self.session.is_modified(agg):
+                agg.bump_version()
+        try:
+            self.session.flush()
+        except StaleDataError as exc:
+            self.session.rollback()
+            raise ConcurrencyError() from exc
+        stored = self._collect(aggregates)
+        if stored:
+            self.session.execute(insert(outbox), [_row(s) for s in stored])
+            self.written.extend(stored)
+        return stored
+
+    def rollback(self) -> None:
+        self.session.rollback()
+        self._loose.clear()
+
+    def _touched_aggregates(self) -> list[Aggregate]:
+        seen: dict[int, Aggregate] = {}
+        for obj in chain(self.session.new, self.session.identity_map.values()):
+            if isinstance(obj, Aggregate):
+                seen.setdefault(id(obj), obj)
+        return list(seen.values())
+
+    def _collect(self, aggregates: list[Aggregate]) -> list[StoredEvent]:
+        recorded: list[tuple[int, Event, tuple[str | None, str | None]]] = []
+        for agg in aggregates:
+            pending = agg.pending_events()
+            if pending:
+                key = agg.aggregate_key()
+                recorded.extend((seq, event, key) for seq, event in pending)
+                pending.clear()
+        recorded.extend((seq, event, (None, None)) for seq, event in self._loose)
+        self._loose.clear()
+        recorded.sort(key=lambda item: item[0])
+        return [to_stored(e, aggregate_type=k[0], aggregate_id=k[1]) for _, e, k in recorded]
+
+    def __enter__(self) -> UnitOfWork:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._managed:
+            self.session.rollback()
+            self.session.close()
+
+
+def _row(stored: StoredEvent) -> dict[str, Any]:
+    meta = stored.metadata
+    return {
+        "event_id": stored.event_id,
+        "event_type": stored.type,
+        "event_version": stored.version,
+        "aggregate_type": stored.aggregate_type,
+        "aggregate_id": stored.aggregate_id,
+        "payload": stored.payload,
+        "metadata": meta,
+        "correlation_id": meta.get("correlation_id"),
+        "causation_id": meta.get("causation_id"),
+        "occurred_at": stored.occurred_at,
+    }

@@ -1,0 +1,106 @@
+"""The handler side: the actor body (inbox + handler + its events, one transaction), the middleware
+that records failures, and the ``ozzy worker`` loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq import Middleware
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
+
+from shared import sql
+from shared.errors import ConcurrencyError
+from shared.events import StoredEvent, causal_context, decode
+from shared.handlers import HandlerSpec
+from shared.tables import DEAD, RETRYING
+from shared.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+def actor_function(runtime: Any, spec: HandlerSpec) -> Callable[[dict[str, Any]], None]:
+    """The function Dramatiq runs for ``spec``: it receives a stored event's message form."""
+
+    def handle(envelope: dict[str, Any]) -> None:
+        run_handler(runtime, spec, StoredEvent.from_message(envelope))
+
+    handle.__name__ = spec.fn.__name__
+    handle.__qualname__ = spec.fn.__qualname__
+    handle.__module__ = spec.fn.__module__
+    return handle
+
+
+def run_handler(runtime: Any, spec: HandlerSpec, stored: StoredEvent) -> bool:
+    """Run ``spec`` on ``stored`` at most once: False if the pair was already done."""
+    session = runtime.session_factory()
+    uow = UnitOfWork(session, managed=True)
+    try:
+        claimed = session.execute(sql.INBOX_CLAIM, {"event_id": stored.event_id, "handler": spec.name}).first()
+        if claimed is None:
+            session.rollback()
+            log.debug("skipping %s for %s: already done", spec.name, stored.event_id)
+            return False
+        event = decode(stored)
+        # Events the handler raises belong to the same conversation and are caused by this one.
+        with causal_context(correlation_id=stored.correlation_id, causation_id=stored.event_id):
+            spec.fn(event, uow)
+            uow.flush()
+        session.commit()
+    except StaleDataError as exc:
+        raise ConcurrencyError() from exc
+    finally:
+        session.close()
+    if uow.written:
+        runtime.notifier.notify()
+    return True
+
+
+class DeliveryState(Middleware):
+    """Records each failed attempt in ``ozzy_deliveries``: retrying, or dead once Retries gave up."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):  # type: ignore[no-untyped-def]
+        if exception is None or not message.args:
+            return
+        envelope = message.args[0]
+        status = DEAD if message.failed else RETRYING
+        error = "".join(traceback.format_exception(exception))
+        params = {"event_id": envelope["event_id"], "handler": message.actor_name, "status": status, "error": error}
+        try:
+            with self.runtime.engine.begin() as conn:
+                conn.execute(sql.RECORD_FAILURE, params)
+        except SQLAlchemyError:
+            log.exception("could not record the failure of %s for %s", message.actor_name, envelope["event_id"])
+        if status == DEAD:
+            log.error("%s gave up on event %s: %s", message.actor_name, envelope["event_id"], exception)
+
+
+def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | None = None) -> int:
+    """Consume every handler queue (or ``queues``) until SIGTERM or SIGINT, then finish in-flight
+    messages, hand back prefetched ones and return 0."""
+    broker = runtime.broker
+    worker = dramatiq.Worker(
+        broker,
+        queues=queues,
+        worker_threads=threads or runtime.settings.worker_threads,
+        worker_timeout=runtime.settings.worker_idle_ms,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.start()
+    log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
+    stop.wait()
+    log.info("worker stopping: finishing in-flight messages")
+    worker.stop(timeout=runtime.settings.time_limit_ms)
+    runtime.close()
+    return 0

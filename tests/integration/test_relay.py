@@ -1,0 +1,120 @@
+"""The relay on the real PostgreSQL and Redis: every event once per handler, whatever the order."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+from dramatiq import Message
+from sqlalchemy import insert, text
+
+from shared.relay import Relay
+from shared.tables import outbox
+from shared.uow import _row
+from shared.events import to_stored
+from tests.domain import Account, AccountOpened
+from tests.integration.helpers import make_runtime, scalar
+
+
+@pytest.fixture
+def runtime(clean_db):
+    rt = make_runtime(clean_db, handler_names=["test.welcome", "test.count_deposit", "test.audit"])
+    yield rt
+    rt.close()
+
+
+def queued(runtime, queue: str) -> list[Message]:
+    """The Dramatiq messages waiting on ``queue``, decoded."""
+    ns = runtime.settings.redis_namespace
+    return [Message.decode(raw) for raw in runtime.redis.hvals(f"{ns}:{queue}.msgs")]
+
+
+def open_accounts(runtime, n: int) -> None:
+    with runtime.unit_of_work() as uow:
+        for i in range(n):
+            uow.add(Account.open(f"owner-{i}"))
+        uow.commit()
+
+
+def test_a_drain_dispatches_every_row_records_pending_deliveries_and_marks_rows(runtime) -> None:
+    # Given 1,200 opened accounts (more than two batches) with one handler for AccountOpened
+    open_accounts(runtime, 1200)
+    # When the relay drains
+    sent = Relay(runtime).drain()
+    # Then every row is dispatched, one message per event waits on the handler's queue ...
+    assert sent == 1200
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL") == 0
+    messages = queued(runtime, "test.welcome")
+    assert len(messages) == 1200
+    assert len({m.args[0]["event_id"] for m in messages}) == 1200
+    # ... and PostgreSQL knows each delivery is pending
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'pending'") == 1200
+    assert Relay(runtime).drain() == 0
+
+
+def test_events_without_handlers_are_marked_dispatched_and_stay_in_the_log(runtime) -> None:
+    relay = Relay(make_runtime(runtime.settings, handler_names=[]))
+    open_accounts(runtime, 3)
+    assert relay.drain() == 3
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NOT NULL") == 3
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries") == 0
+    relay.runtime.close()
+
+
+def test_two_relays_at_once_dispatch_every_event_exactly_once_per_handler(runtime) -> None:
+    # Given 4,000 events and two relays, each with its own connections, started together
+    open_accounts(runtime, 4000)
+    relays = [Relay(make_runtime(runtime.settings, handler_names=["test.welcome"])) for _ in range(2)]
+    counts = [0, 0]
+    start = threading.Barrier(2)
+
+    def run(i: int) -> None:
+        start.wait()
+        counts[i] = relays[i].drain()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # Then together they sent each event once, and both took part
+    assert sum(counts) == 4000
+    assert min(counts) > 0, counts
+    ids = Counter(m.args[0]["event_id"] for m in queued(runtime, "test.welcome"))
+    assert len(ids) == 4000 and set(ids.values()) == {1}
+    for relay in relays:
+        relay.runtime.close()
+
+
+def test_a_row_that_commits_late_with_a_lower_id_is_still_dispatched(runtime) -> None:
+    relay = Relay(runtime)
+    # Given a transaction that takes an id and stays open ...
+    slow = runtime.engine.connect()
+    slow_tx = slow.begin()
+    late = to_stored(AccountOpened(account_id=__import__("uuid").uuid4(), owner="late"))
+    slow.execute(insert(outbox), [_row(late)])
+    # ... while a later one commits and is dispatched
+    open_accounts(runtime, 1)
+    assert relay.drain() == 1
+    # When the slow transaction commits, with an id below the one already dispatched
+    slow_tx.commit()
+    slow.close()
+    # Then the next drain still finds and sends it
+    assert relay.drain() == 1
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(text("SELECT id, dispatched_at FROM ozzy_outbox ORDER BY id")).all()
+    assert rows[0].id < rows[1].id and all(r.dispatched_at for r in rows)
+    assert str(late.event_id) in {m.args[0]["event_id"] for m in queued(runtime, "test.welcome")}
+
+
+def test_if_redis_refuses_the_batch_nothing_is_marked_dispatched(clean_db) -> None:
+    from tests.servers import free_port
+
+    broken = make_runtime(clean_db, handler_names=["test.welcome"], redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    open_accounts(broken, 5)
+    with pytest.raises(Exception):
+        Relay(broken).drain()
+    assert scalar(broken, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL") == 5
+    assert scalar(broken, "SELECT count(*) FROM ozzy_deliveries") == 0
+    broken.close()

@@ -1,0 +1,132 @@
+"""The unit of work on the real PostgreSQL: state and events are one atomic fact."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from shared import ConcurrencyError, causal_context
+from tests.domain import Account, DepositAudited
+from tests.integration.helpers import make_runtime, scalar
+
+
+@pytest.fixture
+def runtime(clean_db):
+    rt = make_runtime(clean_db, handler_names=[])
+    yield rt
+    rt.close()
+
+
+def test_commit_saves_state_and_events_in_order_with_aggregate_and_metadata(runtime) -> None:
+    # Given a new account that opens and takes two deposits in one unit of work
+    with runtime.unit_of_work() as uow:
+        account = Account.open("ada")
+        uow.add(account)
+        account.deposit(Decimal("10.00"), datetime.now(timezone.utc))
+        account.deposit(Decimal("2.50"), datetime.now(timezone.utc))
+        written = uow.commit()
+    # Then the row and three outbox rows exist, in recording order, tied to the aggregate
+    assert [e.type for e in written] == ["test.account_opened", "test.deposited", "test.deposited"]
+    with runtime.engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT event_type, aggregate_type, aggregate_id, correlation_id, dispatched_at FROM ozzy_outbox ORDER BY id"
+        ).all()
+    assert [r.event_type for r in rows] == ["test.account_opened", "test.deposited", "test.deposited"]
+    assert {(r.aggregate_type, r.aggregate_id) for r in rows} == {("test_accounts", str(account.id))}
+    assert all(r.dispatched_at is None for r in rows)
+    assert scalar(runtime, "SELECT balance FROM test_accounts WHERE id = :id", id=account.id) == Decimal("12.50")
+    assert scalar(runtime, "SELECT version FROM test_accounts WHERE id = :id", id=account.id) == 1
+
+
+def test_rollback_leaves_neither_state_nor_outbox_row(runtime) -> None:
+    # Given a unit of work that records an event and then fails before committing
+    with pytest.raises(RuntimeError):
+        with runtime.unit_of_work() as uow:
+            uow.add(Account.open("bob"))
+            uow.flush()  # the rows reached PostgreSQL inside the transaction
+            raise RuntimeError("business rule broken")
+    # Then nothing was saved
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 0
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 0
+
+
+def test_a_failing_statement_rolls_back_the_events_too(runtime) -> None:
+    with runtime.unit_of_work() as uow:
+        uow.add(Account.open("x" * 500))  # owner is VARCHAR(100)
+        with pytest.raises(Exception):
+            uow.commit()
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 0
+
+
+def test_an_optimistic_concurrency_conflict_saves_no_event(runtime) -> None:
+    # Given an account, loaded by two units of work at the same version
+    with runtime.unit_of_work() as uow:
+        account = Account.open("carol")
+        uow.add(account)
+        uow.commit()
+    first, second = runtime.unit_of_work(), runtime.unit_of_work()
+    a = first.get(Account, account.id)
+    b = second.get(Account, account.id)
+    # When both deposit and the first commits
+    a.deposit(Decimal("5"), datetime.now(timezone.utc))
+    first.commit()
+    b.deposit(Decimal("7"), datetime.now(timezone.utc))
+    # Then the second fails clearly and saved neither its state nor its event
+    with pytest.raises(ConcurrencyError):
+        second.commit()
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert scalar(runtime, "SELECT balance FROM test_accounts") == Decimal("5.00")
+    assert scalar(runtime, "SELECT version FROM test_accounts") == 2
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE event_type = 'test.deposited'") == 1
+
+
+def test_recording_an_event_alone_still_bumps_the_version(runtime) -> None:
+    # An event is a change: two writers that only record events must still conflict.
+    with runtime.unit_of_work() as uow:
+        account = Account.open("dan")
+        uow.add(account)
+        uow.commit()
+    first, second = runtime.unit_of_work(), runtime.unit_of_work()
+    first.get(Account, account.id).record(DepositAudited(account_id=account.id, amount=Decimal(0)))
+    second.get(Account, account.id).record(DepositAudited(account_id=account.id, amount=Decimal(0)))
+    first.commit()
+    with pytest.raises(ConcurrencyError):
+        second.commit()
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE event_type = 'test.deposit_audited'") == 1
+
+
+def test_events_carry_the_causal_context_of_the_caller(runtime) -> None:
+    correlation = uuid.uuid4()
+    with causal_context(correlation_id=correlation, actor="operator:eve"):
+        with runtime.unit_of_work() as uow:
+            uow.add(Account.open("eve"))
+            uow.commit()
+    with runtime.engine.connect() as conn:
+        row = conn.exec_driver_sql("SELECT correlation_id, metadata FROM ozzy_outbox").one()
+    assert row.correlation_id == correlation
+    assert row.metadata["actor"] == "operator:eve"
+
+
+def test_a_redis_outage_neither_fails_nor_slows_the_business_write(clean_db) -> None:
+    # Given a runtime whose Redis is a closed port
+    from tests.servers import free_port
+
+    runtime = make_runtime(clean_db, handler_names=[], redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        # When 20 units of work commit
+        started = time.perf_counter()
+        for i in range(20):
+            with runtime.unit_of_work() as uow:
+                uow.add(Account.open(f"offline-{i}"))
+                uow.commit()
+        elapsed = time.perf_counter() - started
+        # Then all were saved, and the wake-ups never held a request for a Redis timeout
+        assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 20
+        assert elapsed < 20 * runtime.settings.notify_timeout
+    finally:
+        runtime.close()
