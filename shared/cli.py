@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,11 +13,17 @@ from shared.settings import load_settings
 
 
 def _configure_logging() -> None:
+    # Under a process manager (honcho, ozzy dev) each line is already prefixed with time and name.
+    plain = os.environ.get("OZZY_LOG_PLAIN") == "1"
     logging.basicConfig(
         level=os.environ.get("OZZY_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)-7s %(processName)s[%(process)d] %(name)s: %(message)s",
+        format="%(levelname)-7s %(name)s: %(message)s"
+        if plain
+        else "%(asctime)s %(levelname)-7s [%(process)d] %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("apscheduler", "pgserver", "dramatiq.worker.Worker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @click.group()
@@ -58,6 +65,29 @@ def worker(threads: int | None, queues: tuple[str, ...]) -> None:
     from shared.worker import run_worker
 
     sys.exit(run_worker(bootstrap(load_settings()), threads=threads, queues=set(queues) or None))
+
+
+@main.command()
+@click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"), show_default="$HOST or 0.0.0.0")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="$PORT or 8000")
+@click.option("--threads", type=int, default=8, show_default=True)
+def web(host: str, port: int, threads: int) -> None:
+    """Serve the web application (OZZY_WEB_APP) with the waitress WSGI server."""
+    from shared.web import serve
+
+    sys.exit(serve(load_settings(), host=host, port=port, threads=threads))
+
+
+@main.command()
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="$PORT or 8000")
+@click.option("--demo", is_flag=True, help="Keep submitting sample loan applications.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path.cwd, show_default="cwd",
+              help="Folder holding the Procfile; embedded servers keep their data in ROOT/.ozzy")
+def dev(port: int, demo: bool, root: Path) -> None:
+    """Run everything in the foreground: servers if needed, migrations, web, relay, worker."""
+    from shared.dev import run_dev
+
+    sys.exit(run_dev(root, port, demo))
 
 
 if __name__ == "__main__":  # pragma: no cover

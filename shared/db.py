@@ -32,6 +32,8 @@ def make_engine(settings: Settings, **overrides: Any) -> Engine:
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_pool_size,
         "pool_pre_ping": True,
+        # Fail fast when the server is unreachable instead of hanging on the OS's TCP timeout.
+        "connect_args": {"connect_timeout": 5},
         "json_serializer": lambda obj: json.dumps(obj, default=_json_default, separators=(",", ":")),
     }
     options.update(overrides)

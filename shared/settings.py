@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     #: Packages holding the application's Alembic revisions, applied after the framework's own.
     migration_packages: tuple[str, ...] = ("services.migrations",)
 
+    #: ``module:factory`` of the web application; ``ozzy web`` serves ``factory(runtime)``.
+    web_app: str = "services.app:create_app"
+
     # Relay
     poll_interval: float = Field(1.0, gt=0)
     batch_size: int = Field(500, ge=1, le=10_000)

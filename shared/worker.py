@@ -59,6 +59,7 @@ def run_handler(runtime: Any, spec: HandlerSpec, stored: StoredEvent) -> bool:
         session.close()
     if uow.written:
         runtime.notifier.notify()
+    log.info("%s handled %s %s, raised %d", spec.name, stored.type, stored.event_id, len(uow.written))
     return True
 
 

@@ -40,7 +40,6 @@ def settings(database_server_url: str, redis_server_url: str) -> Iterator[Settin
         redis_url=redis_server_url,
         redis_namespace=f"ozzytest-{uuid.uuid4().hex[:8]}",
         handler_modules=(),
-        migration_packages=(),
     )
     migrate(s)
     _create_test_tables(s)
@@ -81,7 +80,12 @@ def clean_db(settings: Settings) -> Iterator[Settings]:
     """The session database, emptied of events, deliveries and test rows before the test."""
     engine = create_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts CASCADE"))
+        conn.execute(
+            text(
+                "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
+                " loan_notifications, loan_applications CASCADE"
+            )
+        )
     engine.dispose()
     _drop_redis_namespace(settings)
     yield settings

@@ -1,0 +1,52 @@
+"""The web process's application factory: ``ozzy web`` serves ``create_app(runtime)``."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from sqlalchemy import text
+
+from services import http
+from services.loans.web import bp as loans_bp
+from shared import Runtime, bootstrap
+from shared.fastchannel import bounded_client
+
+
+def create_app(runtime: Runtime | None = None) -> Flask:
+    """Build the Flask app around ``runtime`` (a new one from the environment if not given)."""
+    rt = runtime or bootstrap(import_handlers=False)
+    app = Flask(__name__)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    http.install(app, rt)
+    app.register_blueprint(loans_bp)
+    health_redis = bounded_client(rt.settings.redis_url, 0.5)
+
+    @app.get("/healthz")
+    def healthz():  # type: ignore[no-untyped-def]
+        """Database and Redis reachability, reported separately; 503 unless both are up."""
+        report = {"database": _check(lambda: _ping_db(rt)), "redis": _check(health_redis.ping)}
+        healthy = all(v == "ok" for v in report.values())
+        return jsonify({"status": "ok" if healthy else "degraded", **report}), 200 if healthy else 503
+
+    @app.get("/")
+    def index():  # type: ignore[no-untyped-def]
+        return jsonify(
+            {
+                "service": "ozzy loan example",
+                "endpoints": ["POST /loan-applications", "GET /loan-applications/<id>", "GET /healthz"],
+            }
+        )
+
+    return app
+
+
+def _ping_db(rt: Runtime) -> None:
+    with rt.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _check(probe) -> str:  # type: ignore[no-untyped-def]
+    try:
+        probe()
+    except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
+        return f"error: {type(exc).__name__}: {exc}"[:300]
+    return "ok"

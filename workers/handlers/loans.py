@@ -1,0 +1,60 @@
+"""Handlers of the loan example: credit check → decision → one notification per decision."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from services.loans.model import (
+    CreditChecked,
+    LoanApplication,
+    LoanApplicationSubmitted,
+    LoanApproved,
+    LoanRejected,
+    Notification,
+    credit_score,
+)
+from shared import PermanentError, UnitOfWork, handles
+
+
+def _application(uow: UnitOfWork, application_id: object) -> LoanApplication:
+    app = uow.get(LoanApplication, application_id, for_update=True)
+    if app is None:
+        raise PermanentError(f"loan application {application_id} does not exist")
+    return app
+
+
+@handles(LoanApplicationSubmitted, name="loans.credit_check", max_retries=5)
+def run_credit_check(event: LoanApplicationSubmitted, uow: UnitOfWork) -> None:
+    """Ask the (simulated) credit bureau for a score and record it."""
+    _application(uow, event.application_id).record_credit_check(credit_score(event.email, event.amount))
+
+
+@handles(CreditChecked, name="loans.decide", max_retries=5)
+def decide_application(event: CreditChecked, uow: UnitOfWork) -> None:
+    """Approve or reject by the documented rule."""
+    _application(uow, event.application_id).decide()
+
+
+def _notify(uow: UnitOfWork, application_id: object, kind: str, subject: str) -> None:
+    app = _application(uow, application_id)
+    uow.add(
+        Notification(
+            application_id=app.id,
+            kind=kind,
+            recipient=app.email,
+            subject=subject,
+            sent_at=datetime.now(timezone.utc),
+        )
+    )
+
+
+@handles(LoanApproved, name="loans.notify_approved")
+def notify_approved(event: LoanApproved, uow: UnitOfWork) -> None:
+    """Send the applicant the good news (simulated: one notification row)."""
+    _notify(uow, event.application_id, "approved", f"Your loan of {event.amount:.2f} is approved")
+
+
+@handles(LoanRejected, name="loans.notify_rejected")
+def notify_rejected(event: LoanRejected, uow: UnitOfWork) -> None:
+    """Tell the applicant why (simulated: one notification row)."""
+    _notify(uow, event.application_id, "rejected", f"Your loan application was declined: {event.reason}")
