@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -15,14 +16,16 @@ from tests import servers
 
 
 @pytest.fixture(scope="session")
-def database_server_url() -> str:
-    """Admin URL of the PostgreSQL server the tests use (shared, or an embedded one)."""
-    return servers.database_server_url()
+def database_server_url() -> Iterator[str]:
+    """Admin URL of the PostgreSQL server the tests use (named, local, or embedded)."""
+    with ExitStack() as stack:
+        yield servers.database_server_url(stack)
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> str:
-    return servers.redis_server_url()
+def redis_server_url() -> Iterator[str]:
+    with ExitStack() as stack:
+        yield servers.redis_server_url(stack)
 
 
 @pytest.fixture(scope="session")

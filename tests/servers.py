@@ -1,7 +1,7 @@
 """Where the tests find PostgreSQL and Redis, and private servers for tests that break them.
 
 ``OZZY_TEST_DATABASE_URL`` / ``OZZY_TEST_REDIS_URL`` name servers to use; by default the local ones
-on their standard ports.
+on their standard ports, or, when nothing listens there, embedded servers started for the run.
 """
 
 from __future__ import annotations
@@ -13,19 +13,45 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
-def database_server_url() -> str:
-    return os.environ.get("OZZY_TEST_DATABASE_URL", DEFAULT_DATABASE)
+def database_server_url(stack: ExitStack) -> str:
+    """The named server, else the local one, else an embedded PostgreSQL (pgserver) for this run."""
+    if "OZZY_TEST_DATABASE_URL" in os.environ:
+        return os.environ["OZZY_TEST_DATABASE_URL"]
+    if _listening(5432):
+        return DEFAULT_DATABASE
+    import pgserver  # type: ignore[import-untyped]
+
+    data = Path(tempfile.mkdtemp(prefix="ozzy-pg-"))
+    stack.callback(shutil.rmtree, data, ignore_errors=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data))
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    stack.callback(server.cleanup)
+    return f"postgresql+psycopg://postgres@/postgres?host={data}"
 
 
-def redis_server_url() -> str:
-    return os.environ.get("OZZY_TEST_REDIS_URL", DEFAULT_REDIS)
+def redis_server_url(stack: ExitStack) -> str:
+    """The named server, else the local one, else a private ``redis-server`` for this run."""
+    if "OZZY_TEST_REDIS_URL" in os.environ:
+        return os.environ["OZZY_TEST_REDIS_URL"]
+    if _listening(6379):
+        return DEFAULT_REDIS
+    server = PrivateRedis()
+    server.start()
+    stack.callback(server.close)
+    return server.url
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_port() -> int:

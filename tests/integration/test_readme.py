@@ -1,0 +1,74 @@
+"""The README's code runs: its event, aggregate and handler, its unit of work, end to end."""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from shared.handlers import registered_handlers, unregister
+from shared.relay import Relay
+from tests.integration.helpers import running_worker, scalar, wait_until
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, monkeypatch) -> None:
+    definitions, usage = python_blocks()[:2]
+    # Given the README's definitions, loaded as a module
+    module = types.ModuleType("readme_example")
+    sys.modules["readme_example"] = module
+    exec(compile(definitions, "README.md", "exec"), module.__dict__)
+    try:
+        order_table = module.Order.__table__
+        # and a process configured from the environment, as the README says
+        monkeypatch.setenv("DATABASE_URL", clean_db.database_url)
+        monkeypatch.setenv("REDIS_URL", clean_db.redis_url)
+        monkeypatch.setenv("OZZY_REDIS_NAMESPACE", clean_db.redis_namespace)
+        monkeypatch.setenv("OZZY_HANDLER_MODULES", '["readme_example"]')
+        scope: dict = {**module.__dict__}
+        # When the usage block runs (after creating the example's table)
+        from shared import bootstrap
+
+        runtime = bootstrap()
+        order_table.create(runtime.engine, checkfirst=True)
+        exec(compile(usage.replace("runtime = bootstrap()", ""), "README.md", "exec"), {**scope, "runtime": runtime})
+        # Then the order and its event were saved together, and the handler ran once
+        assert scalar(runtime, "SELECT count(*) FROM orders") == 1
+        assert scalar(runtime, "SELECT event_type FROM ozzy_outbox") == "shop.order_placed"
+        assert "readme_example.send_confirmation" in runtime.handlers
+        relay = Relay(runtime)
+        with running_worker(runtime):
+            relay.drain()
+            wait_until(lambda: scalar(runtime, "SELECT status FROM ozzy_deliveries") == "done")
+        order_table.drop(runtime.engine)
+        runtime.close()
+    finally:
+        unregister("readme_example.send_confirmation")
+        sys.modules.pop("readme_example", None)
+    assert "readme_example.send_confirmation" not in registered_handlers()
+
+
+def test_the_readme_names_the_test_command_that_ci_runs() -> None:
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "scripts/test" in README.read_text()
+    assert re.search(r"^exec \./scripts/test\b", ci, flags=re.M)
+
+
+def _variables() -> list[str]:
+    from shared.settings import Settings
+
+    special = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+    return [special.get(name, f"OZZY_{name.upper()}") for name in Settings.model_fields]
+
+
+@pytest.mark.parametrize("variable", _variables())
+def test_the_configuration_table_documents_every_setting(variable: str) -> None:
+    assert f"`{variable}`" in README.read_text()
