@@ -116,6 +116,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def loadavg() -> float:
+    """The 1-minute load average: other work on the machine skews every figure (2 cores)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except OSError:
+        return float("nan")
+
+
 def r(value: float, digits: int = 1) -> float:
     return round(value, digits)
 
@@ -633,7 +641,7 @@ def section_latency(env: Environment, rate: float, duration: float, idle_s: floa
 # --- 4. commit throughput with and without the outbox ------------------------------------------
 
 
-def section_commits(env: Environment, n: int, rounds: int = 4) -> dict[str, Any]:
+def section_commits(env: Environment, n: int, rounds: int = 8) -> dict[str, Any]:
     say(f"== 4. commit throughput: {n} sequential commits each way, interleaved in {rounds} rounds")
     env.reset()
     settings = env.section_settings("commits")
@@ -757,16 +765,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env.setup()
         result["servers"] = server_versions(env)
-        if "1" in sections:
-            result["relay_dispatch"] = section_relay(env, sizes["relay_events"], args.profile)
-        if "2" in sections:
-            result["end_to_end"] = section_end_to_end(env, sizes["e2e_events"])
-        if "3" in sections:
-            result["latency"] = section_latency(
-                env, sizes["latency_rate"], sizes["latency_seconds"], sizes["idle_seconds"]
-            )
-        if "4" in sections:
-            result["commit_throughput"] = section_commits(env, sizes["commits"])
+        runs: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
+            ("1", "relay_dispatch", lambda: section_relay(env, sizes["relay_events"], args.profile)),
+            ("2", "end_to_end", lambda: section_end_to_end(env, sizes["e2e_events"])),
+            (
+                "3",
+                "latency",
+                lambda: section_latency(env, sizes["latency_rate"], sizes["latency_seconds"], sizes["idle_seconds"]),
+            ),
+            ("4", "commit_throughput", lambda: section_commits(env, sizes["commits"])),
+        ]
+        for number, key, run in runs:
+            if number in sections:
+                load_before = loadavg()
+                result[key] = run()
+                result[key]["loadavg_1m_before_after"] = [load_before, loadavg()]
         met: dict[str, bool] = {}
         if "relay_dispatch" in result:
             met["relay_events_per_s"] = result["relay_dispatch"]["target_met"]

@@ -99,6 +99,8 @@ class _QuickWakeConsumer(_RedisConsumer):
         # Dramatiq's own idle backoff is turned off (timeout 0); we block on the wake event instead.
         super().__init__(broker, queue_name, prefetch, 0)
         self.idle_timeout = timeout / 1000
+        self._beat_every = broker.heartbeat_timeout / 1000 / 4
+        self._last_beat = time.monotonic()
         self._listener = broker.wake_listener
         self.wake = self._listener.register(queue_name)
 
@@ -106,7 +108,15 @@ class _QuickWakeConsumer(_RedisConsumer):
         # Clear before fetching: a wake-up published after this point is never missed.
         if not self.message_cache:
             self.wake.clear()
+        fetches = not self.message_cache and self.outstanding_message_count < self.prefetch
         message = super().__next__()
+        if fetches:
+            self._last_beat = time.monotonic()  # every Dramatiq command records a heartbeat
+        elif time.monotonic() - self._last_beat > self._beat_every:
+            # Prefetch is full of long-running messages: nothing is fetched, so without this the
+            # worker would look dead and its in-flight messages would be handed to another worker.
+            self.broker.do_qsize(self.queue_name)
+            self._last_beat = time.monotonic()
         if message is None:
             # Either Redis had nothing, or prefetch is full; a publication or an ack ends the wait.
             self.wake.wait(self.idle_timeout)

@@ -67,6 +67,74 @@ def worker(threads: int | None, queues: tuple[str, ...]) -> None:
     sys.exit(run_worker(bootstrap(load_settings()), threads=threads, queues=set(queues) or None))
 
 
+@main.group()
+def deadletters() -> None:
+    """Deliveries whose retries are exhausted or that failed permanently."""
+
+
+@deadletters.command("list")
+@click.option("--handler", help="Only this handler.")
+@click.option("--event-type", help="Only events of this type.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--traceback/--no-traceback", "show_traceback", default=False, help="Print each last error in full.")
+def deadletters_list(handler: str | None, event_type: str | None, limit: int, show_traceback: bool) -> None:
+    """List dead deliveries, most recent failure first."""
+    from shared.deadletters import list_dead
+    from shared.runtime import bootstrap
+
+    runtime = bootstrap(load_settings())
+    rows = list_dead(runtime, handler=handler, event_type=event_type, limit=limit)
+    for row in rows:
+        last_line = (row.last_error or "").strip().splitlines()[-1:] or [""]
+        click.echo(
+            f"{row.id}\t{row.handler}\t{row.event_type}\t{row.event_id}\tattempts={row.attempts}"
+            f"\t{row.dead_reason}\tfirst={row.first_failed_at:%Y-%m-%d %H:%M:%S}"
+            f"\tlast={row.last_failed_at:%Y-%m-%d %H:%M:%S}\t{last_line[0]}"
+        )
+        if show_traceback:
+            click.echo(row.last_error)
+    click.echo(f"{len(rows)} dead deliveries", err=True)
+    runtime.close()
+
+
+@deadletters.command("retry")
+@click.option("--handler", help="Only this handler.")
+@click.option("--event-type", help="Only events of this type.")
+@click.option("--id", "ids", type=int, multiple=True, help="Only this delivery id (repeatable).")
+@click.option("--all", "retry_all", is_flag=True, help="Every dead delivery.")
+def deadletters_retry(handler: str | None, event_type: str | None, ids: tuple[int, ...], retry_all: bool) -> None:
+    """Enqueue dead deliveries again with a fresh retry budget."""
+    from shared.deadletters import retry_dead
+    from shared.runtime import bootstrap
+
+    if not (handler or event_type or ids or retry_all):
+        raise click.UsageError("say which: --handler, --event-type, --id or --all")
+    runtime = bootstrap(load_settings())
+    count = retry_dead(runtime, handler=handler, event_type=event_type, ids=ids or None)
+    click.echo(f"{count} dead deliveries enqueued again")
+    runtime.close()
+
+
+@main.group()
+def outbox() -> None:
+    """The outbox (the event log) and its parked rows."""
+
+
+@outbox.command("unpark")
+@click.option("--event-type", "event_types", multiple=True, help="Only this type (repeatable); default all.")
+def outbox_unpark(event_types: tuple[str, ...]) -> None:
+    """Hand parked events back to the relay (after deploying code that knows their type)."""
+    from sqlalchemy import create_engine
+
+    from shared import sql
+
+    engine = create_engine(load_settings().sqlalchemy_url)
+    with engine.begin() as conn:
+        count = conn.execute(sql.UNPARK, {"types": list(event_types) or None}).rowcount
+    engine.dispose()
+    click.echo(f"{count} parked events handed back to the relay")
+
+
 @main.command()
 @click.option("--host", default=lambda: os.environ.get("HOST", "0.0.0.0"), show_default="$HOST or 0.0.0.0")
 @click.option("--port", type=int, default=lambda: int(os.environ.get("PORT", "8000")), show_default="$PORT or 8000")

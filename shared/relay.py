@@ -4,49 +4,50 @@ A drain claims a batch of undispatched rows (``FOR UPDATE SKIP LOCKED``), record
 delivery per handler, sends the whole batch to Redis in one pipeline (a pub/sub publication per event
 for live subscribers, a Dramatiq message per handler, a wake-up per queue) and commits only after
 Redis accepted it. If Redis fails, the transaction rolls back and the rows wait for the next drain.
+A row whose event type this code version does not know is parked, not sent and not lost.
 
 Drains are triggered by the fast channel (a unit of work's wake-up) or, when that is silent or down,
-by an APScheduler job every ``poll_interval`` seconds.
+by an APScheduler job every ``poll_interval`` seconds. Housekeeping (redelivery sweep, dead-worker
+recovery, the node heartbeat) runs on the same scheduler.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 from apscheduler.schedulers.background import BackgroundScheduler
-from dramatiq import Message
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection
 
 from shared import sql
-from shared.broker import enqueue_pipelined
-from shared.fastchannel import events_channel, relay_channel
-from shared.handlers import handlers_by_event_type
+from shared.dispatch import envelope, send
+from shared.events import registered_event_types
+from shared.fastchannel import Subscriber, events_channel, relay_channel
+from shared.handlers import HandlerSpec, handlers_by_event_type, import_handler_modules
+from shared.nodes import Node
 from shared.runtime import Runtime
+from shared.sweep import recover_dead_workers, redeliver_stale
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RelayStats:
-    """What the relay has done and how its fast channel is, for logs, status and tests."""
+    """What the relay has done, for logs, the status API and tests."""
 
-    fast_channel: str = "connecting"  # connected | degraded | connecting
-    fast_channel_since: float = field(default_factory=time.time)
-    last_notification_at: float | None = None
     drains_by_notify: int = 0
     drains_by_poll: int = 0
     dispatched: int = 0
+    parked: int = 0
     batches: int = 0
+    redelivered: int = 0
     errors: int = 0
+    last_drain_at: float | None = None
 
 
 class Relay:
@@ -57,12 +58,22 @@ class Relay:
         self.settings = runtime.settings
         self.by_type = handlers_by_event_type(runtime.handlers.values())
         self.stats = RelayStats()
+        self.node = Node(runtime.engine, "relay", self.status)
         self._wake = threading.Event()
         self._reason = "poll"
         self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._drain_thread: threading.Thread | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._events_channel = events_channel(self.settings.redis_namespace)
+        self.subscriber = Subscriber(
+            runtime.redis,
+            [relay_channel(self.settings.redis_namespace)],
+            lambda channel, data: self.wake("notify"),
+            namespace=self.settings.redis_namespace,
+            heartbeat=self.settings.fast_channel_heartbeat,
+            on_connect=lambda: self.wake("notify"),  # catch up on what was published while away
+            name="relay",
+        )
 
     # --- one drain ------------------------------------------------------------------------------
 
@@ -70,55 +81,63 @@ class Relay:
         """Dispatch undispatched rows, batch after batch, until none remain; return how many."""
         total = 0
         while not self._stopping.is_set():
-            sent = self.dispatch_batch()
-            total += sent
-            if sent < self.settings.batch_size:
+            claimed = self.dispatch_batch()
+            total += claimed
+            if claimed < self.settings.batch_size:
                 break
+        self.stats.last_drain_at = time.time()
         return total
 
     def dispatch_batch(self) -> int:
-        """Claim, send and mark one batch in one transaction; return the number of rows."""
-        with self.runtime.engine.connect() as conn:
-            with conn.begin():
-                rows = conn.execute(sql.CLAIM_BATCH, {"limit": self.settings.batch_size}).all()
-                if not rows:
-                    return 0
-                envelopes = [_envelope(row) for row in rows]
-                pending = self._deliveries(envelopes)
-                if pending:
-                    conn.execute(
-                        sql.INSERT_PENDING,
-                        {"event_ids": [e for e, _, _ in pending], "handlers": [s.name for _, s, _ in pending]},
-                    )
-                self._send(envelopes, pending)
-                conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in rows]})
-        self.stats.dispatched += len(rows)
+        """Claim, send and mark one batch in one transaction; return the number of rows claimed."""
+        with self.runtime.engine.connect() as conn, conn.begin():
+            rows = conn.execute(sql.CLAIM_BATCH, {"limit": self.settings.batch_size}).all()
+            if not rows:
+                return 0
+            known = registered_event_types()
+            routable = [row for row in rows if row.event_type in known]
+            self._park(conn, [row for row in rows if row.event_type not in known])
+            envelopes = [envelope(row) for row in routable]
+            deliveries = [(spec, env) for env in envelopes for spec in self.by_type.get(env["type"], ())]
+            if deliveries:
+                conn.execute(
+                    sql.INSERT_PENDING,
+                    {"event_ids": [e["event_id"] for _, e in deliveries], "handlers": [s.name for s, _ in deliveries]},
+                )
+            send(self.runtime.broker, deliveries, publish=envelopes, channel=self._events_channel)
+            if routable:
+                conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]})
+        self.stats.dispatched += len(routable)
         self.stats.batches += 1
         return len(rows)
 
-    def _deliveries(self, envelopes: list[dict[str, Any]]) -> list[tuple[str, Any, dict[str, Any]]]:
-        return [(env["event_id"], spec, env) for env in envelopes for spec in self.by_type.get(env["type"], ())]
+    def _park(self, conn: Connection, rows: list[Any]) -> None:
+        for row in rows:
+            reason = f"unknown event type {row.event_type!r} in this code version"
+            conn.execute(sql.PARK, {"ids": [row.id], "reason": reason})
+            log.error("parked event %s (%s): %s", row.event_id, row.id, reason)
+        self.stats.parked += len(rows)
 
-    def _send(self, envelopes: list[dict[str, Any]], pending: list[tuple[str, Any, dict[str, Any]]]) -> None:
-        broker = self.runtime.broker
-        pipe = broker.client.pipeline(transaction=False)
-        for env in envelopes:
-            pipe.publish(self._events_channel, json.dumps(env, separators=(",", ":")))
-        now = int(time.time() * 1000)
-        messages = [
-            Message(
-                queue_name=spec.queue,
-                actor_name=spec.name,
-                args=(env,),
-                kwargs={},
-                options={},
-                message_id=str(uuid.uuid4()),
-                message_timestamp=now,
+    def unpark_known(self) -> int:
+        """Send back to the drain every parked row whose type this code version now knows."""
+        with self.runtime.engine.begin() as conn:
+            count = conn.execute(sql.UNPARK, {"types": list(registered_event_types())}).rowcount
+        if count:
+            log.info("unparked %d events whose type is now known", count)
+        return count
+
+    def housekeeping(self) -> None:
+        """Redeliver what Redis lost and recover dead workers' messages."""
+        try:
+            self.stats.redelivered += redeliver_stale(
+                self.runtime, self.runtime.handlers, older_than=self.settings.redelivery_after
             )
-            for _, spec, env in pending
-        ]
-        enqueue_pipelined(broker, pipe, messages)
-        pipe.execute()
+            recover_dead_workers(self.runtime.broker, {spec.queue for spec in self.runtime.handlers.values()})
+        except Exception as exc:  # noqa: BLE001 - housekeeping retries at its next run
+            log.warning("housekeeping failed, retrying at the next sweep: %s", exc)
+
+    def status(self) -> dict[str, Any]:
+        return {"relay": asdict(self.stats), "fast_channel": self.subscriber.status()}
 
     # --- running as a process -------------------------------------------------------------------
 
@@ -128,32 +147,36 @@ class Relay:
         self._wake.set()
 
     def start(self) -> None:
-        """Start the drain loop, the fast-channel subscriber and the poll job."""
-        for target, name in ((self._drain_loop, "ozzy-relay-drain"), (self._subscribe_loop, "ozzy-relay-fast")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        """Register the node, then start the drain loop, the subscriber and the scheduled jobs."""
+        self.node.register()
+        self.unpark_known()
+        self._drain_thread = threading.Thread(target=self._drain_loop, name="ozzy-relay-drain", daemon=True)
+        self._drain_thread.start()
+        self.subscriber.start()
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
-        self._scheduler.add_job(
-            self.wake,
-            "interval",
-            args=("poll",),
-            seconds=self.settings.poll_interval,
-            id="poll",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(timezone.utc),
+        now = datetime.now(timezone.utc)
+        jobs = (
+            (self.wake, self.settings.poll_interval, ("poll",), "poll"),
+            (self.housekeeping, self.settings.sweep_interval, (), "housekeeping"),
+            (self.node.heartbeat, self.settings.node_heartbeat, (), "node-heartbeat"),
         )
+        for func, seconds, args, job_id in jobs:
+            self._scheduler.add_job(
+                func, "interval", args=args, seconds=seconds, id=job_id, max_instances=1, coalesce=True,
+                next_run_time=now,
+            )
         self._scheduler.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the current batch, then stop every thread."""
+        """Finish the current batch, then stop every thread and record the node as stopped."""
         self._stopping.set()
         self._wake.set()
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-        for thread in self._threads:
-            thread.join(timeout)
+            self._scheduler.shutdown(wait=True)
+        self.subscriber.stop()
+        if self._drain_thread is not None:
+            self._drain_thread.join(timeout)
+        self.node.stopped()
 
     def _drain_loop(self) -> None:
         while not self._stopping.is_set():
@@ -165,69 +188,22 @@ class Relay:
                 self.stats.drains_by_poll += 1
             else:
                 self.stats.drains_by_notify += 1
-            self._guarded_drain()
-
-    def _guarded_drain(self) -> None:
-        try:
-            self.drain()
-        except (SQLAlchemyError, redis.RedisError) as exc:
-            # Nothing was marked dispatched; the next poll tries again.
-            self.stats.errors += 1
-            log.warning("drain failed, retrying at the next poll: %s", exc)
-
-    def _subscribe_loop(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
             try:
-                self._listen()
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - the subscriber must outlive any connection failure
-                if self._stopping.is_set():
-                    return
-                failures += 1
-                self._set_channel_state("degraded", exc)
-            self._stopping.wait(min(0.1 * 2**failures, 5.0))
-
-    def _listen(self) -> None:
-        pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(relay_channel(self.settings.redis_namespace))
-            self._set_channel_state("connected")
-            self.wake("notify")  # anything committed while we were not listening
-            while not self._stopping.is_set():
-                if pubsub.get_message(timeout=1.0) is not None:
-                    self.stats.last_notification_at = time.time()
-                    self.wake("notify")
-        finally:
-            pubsub.close()
-
-    def _set_channel_state(self, state: str, exc: Exception | None = None) -> None:
-        if state != self.stats.fast_channel:
-            if state == "degraded":
-                log.warning("fast channel lost, relying on the %ss poll: %s", self.settings.poll_interval, exc)
-            else:
-                log.info("fast channel %s", state)
-            self.stats.fast_channel = state
-            self.stats.fast_channel_since = time.time()
+                self.drain()
+            except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
+                self.stats.errors += 1
+                log.warning("drain failed, retrying at the next poll: %s", exc)
 
 
-def _envelope(row: Any) -> dict[str, Any]:
-    return {
-        "event_id": str(row.event_id),
-        "type": row.event_type,
-        "version": row.event_version,
-        "payload": row.payload,
-        "metadata": row.metadata,
-        "occurred_at": row.occurred_at.isoformat(),
-        "aggregate_type": row.aggregate_type,
-        "aggregate_id": row.aggregate_id,
-        "position": row.id,
-    }
+def relay_runtime(runtime: Runtime) -> Runtime:
+    """Import the configured event modules too, so only truly unknown types are parked."""
+    import_handler_modules(runtime.settings.event_modules)
+    return runtime
 
 
 def run_relay(runtime: Runtime) -> int:
     """``ozzy relay``: run until SIGTERM or SIGINT, finish the current batch, return 0."""
-    relay = Relay(runtime)
+    relay = Relay(relay_runtime(runtime))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -238,3 +214,6 @@ def run_relay(runtime: Runtime) -> int:
     relay.stop()
     runtime.close()
     return 0
+
+
+__all__ = ["HandlerSpec", "Relay", "RelayStats", "run_relay"]

@@ -34,9 +34,23 @@ class Settings(BaseSettings):
     #: ``module:factory`` of the web application; ``ozzy web`` serves ``factory(runtime)``.
     web_app: str = "services.app:create_app"
 
+    #: Modules or packages (walked) that declare event classes, imported by the relay so that an
+    #: event type without handlers is told apart from one this code version does not know.
+    event_modules: tuple[str, ...] = ("services",)
+
     # Relay
     poll_interval: float = Field(1.0, gt=0)
     batch_size: int = Field(500, ge=1, le=10_000)
+    #: How often the relay runs its housekeeping (redelivery sweep, broker maintenance).
+    sweep_interval: float = Field(5.0, gt=0)
+    #: A delivery not completed this long after it was enqueued is enqueued again if Redis seems
+    #: to have lost it (restarted empty, failed over). The inbox makes the repeat harmless.
+    redelivery_after: float = Field(30.0, gt=0)
+    #: The relay publishes a heartbeat on its own fast channel this often and re-subscribes when
+    #: three in a row do not come back.
+    fast_channel_heartbeat: float = Field(2.0, gt=0)
+    #: Every process records itself in ozzy_nodes this often.
+    node_heartbeat: float = Field(5.0, gt=0)
     # Write path: the after-commit wake-up may never hold a request longer than this.
     notify_timeout: float = Field(0.05, gt=0)
 
@@ -50,8 +64,9 @@ class Settings(BaseSettings):
     worker_threads: int = Field(8, ge=1)
     # How long an idle consumer blocks waiting for a wake-up before it polls Redis anyway.
     worker_idle_ms: int = Field(1000, ge=10)
-    # A worker whose heartbeat is older than this is dead and its in-flight messages come back.
-    heartbeat_timeout_ms: int = Field(60_000, ge=1000)
+    # A worker whose heartbeat is older than this is dead and its in-flight messages come back
+    # (a live worker heartbeats every few seconds even while all its threads run long handlers).
+    heartbeat_timeout_ms: int = Field(10_000, ge=1000)
 
     db_pool_size: int = Field(10, ge=1)
 

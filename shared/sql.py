@@ -13,7 +13,7 @@ CLAIM_BATCH = text(
     SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
            payload, metadata, occurred_at
       FROM ozzy_outbox
-     WHERE dispatched_at IS NULL
+     WHERE dispatched_at IS NULL AND parked_at IS NULL
      ORDER BY id
      LIMIT :limit
        FOR UPDATE SKIP LOCKED
@@ -34,6 +34,21 @@ INSERT_PENDING = text(
 
 MARK_DISPATCHED = text("UPDATE ozzy_outbox SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))")
 
+#: A row whose event type this code version does not know is set aside, not dropped: a newer
+#: version may have handlers for it. It stays undispatched, so nothing is lost.
+PARK = text(
+    "UPDATE ozzy_outbox SET parked_at = now(), park_reason = :reason WHERE id = ANY(CAST(:ids AS bigint[]))"
+)
+
+#: Parked rows go back to the relay: all of them, or those of the given types.
+UNPARK = text(
+    """
+    UPDATE ozzy_outbox SET parked_at = NULL, park_reason = NULL
+     WHERE parked_at IS NOT NULL
+       AND (CAST(:types AS text[]) IS NULL OR event_type = ANY(CAST(:types AS text[])))
+    """
+)
+
 #: The inbox. Runs first in the handler's transaction: it takes the row lock of the (event,
 #: handler) pair, so a concurrent duplicate waits here and then finds ``done``; ``RETURNING``
 #: nothing means the pair was already done and the message is acknowledged without running.
@@ -53,11 +68,57 @@ INBOX_CLAIM = text(
 #: A failed attempt, recorded in its own transaction after the handler's was rolled back.
 RECORD_FAILURE = text(
     """
-    INSERT INTO ozzy_deliveries (event_id, handler, status, attempts, last_error, enqueued_at)
-    VALUES (:event_id, :handler, :status, 1, :error, now())
+    INSERT INTO ozzy_deliveries (event_id, handler, status, attempts, last_error, enqueued_at,
+                                 first_failed_at, last_failed_at, dead_reason)
+    VALUES (:event_id, :handler, :status, 1, :error, now(), now(), now(), :dead_reason)
     ON CONFLICT (event_id, handler) DO UPDATE
        SET status = EXCLUDED.status, attempts = ozzy_deliveries.attempts + 1,
-           last_error = EXCLUDED.last_error, updated_at = now()
+           last_error = EXCLUDED.last_error, updated_at = now(),
+           first_failed_at = coalesce(ozzy_deliveries.first_failed_at, now()),
+           last_failed_at = now(), dead_reason = EXCLUDED.dead_reason
      WHERE ozzy_deliveries.status <> 'done'
+    """
+)
+
+#: Deliveries that should have completed by now. ``SKIP LOCKED`` passes over the ones a worker is
+#: running (its inbox claim holds the row lock), so a long handler is never enqueued twice.
+CLAIM_STALE_DELIVERIES = text(
+    """
+    SELECT d.id AS delivery_id, d.handler, o.id, o.event_id, o.event_type, o.event_version,
+           o.aggregate_type, o.aggregate_id, o.payload, o.metadata, o.occurred_at
+      FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
+     WHERE d.status IN ('pending', 'retrying')
+       AND d.enqueued_at < now() - make_interval(secs => :older_than)
+     ORDER BY d.enqueued_at
+     LIMIT :limit
+       FOR UPDATE OF d SKIP LOCKED
+    """
+)
+
+OPEN_DELIVERIES_BY_HANDLER = text(
+    "SELECT handler, count(*) FROM ozzy_deliveries WHERE status IN ('pending', 'retrying') GROUP BY handler"
+)
+
+MARK_REENQUEUED = text(
+    """
+    UPDATE ozzy_deliveries SET status = 'pending', enqueued_at = now(), updated_at = now(), dead_reason = NULL
+     WHERE id = ANY(CAST(:ids AS bigint[]))
+    """
+)
+
+#: Dead deliveries an operator asked to retry, a batch at a time, with their events.
+CLAIM_DEAD = text(
+    """
+    SELECT d.id AS delivery_id, d.handler, o.id, o.event_id, o.event_type, o.event_version,
+           o.aggregate_type, o.aggregate_id, o.payload, o.metadata, o.occurred_at
+      FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
+     WHERE d.status = 'dead'
+       AND d.handler = ANY(CAST(:known AS text[]))
+       AND (CAST(:handler AS text) IS NULL OR d.handler = :handler)
+       AND (CAST(:event_type AS text) IS NULL OR o.event_type = :event_type)
+       AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(CAST(:ids AS bigint[])))
+     ORDER BY d.id
+     LIMIT :limit
+       FOR UPDATE OF d SKIP LOCKED
     """
 )

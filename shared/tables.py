@@ -41,8 +41,14 @@ outbox = Table(
     Column("causation_id", UUID(as_uuid=True)),
     Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("dispatched_at", DateTime(timezone=True)),
+    # A row this code version cannot route (unknown event type) waits here until retried.
+    Column("parked_at", DateTime(timezone=True)),
+    Column("park_reason", Text),
     # The relay's claim scans only this small index, however long the log grows.
-    Index("ix_ozzy_outbox_undispatched", "id", postgresql_where=text("dispatched_at IS NULL")),
+    Index(
+        "ix_ozzy_outbox_undispatched", "id", postgresql_where=text("dispatched_at IS NULL AND parked_at IS NULL")
+    ),
+    Index("ix_ozzy_outbox_parked", "event_type", postgresql_where=text("parked_at IS NOT NULL")),
     Index("ix_ozzy_outbox_aggregate", "aggregate_type", "aggregate_id"),
     Index("ix_ozzy_outbox_correlation", "correlation_id"),
     Index("ix_ozzy_outbox_causation", "causation_id"),
@@ -52,6 +58,12 @@ outbox = Table(
 #: Delivery states. ``pending``: enqueued, not completed; ``retrying``: failed, a retry is scheduled;
 #: ``done``: the handler's transaction committed; ``dead``: retries exhausted or a permanent error.
 PENDING, RETRYING, DONE, DEAD = "pending", "retrying", "done", "dead"
+RETRIES_EXHAUSTED, PERMANENT_ERROR, UNKNOWN_EVENT_TYPE, INVALID_PAYLOAD = (
+    "retries_exhausted",
+    "permanent_error",
+    "unknown_event_type",
+    "invalid_payload",
+)
 
 deliveries = Table(
     "ozzy_deliveries",
@@ -66,6 +78,10 @@ deliveries = Table(
     Column("enqueued_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("completed_at", DateTime(timezone=True)),
+    Column("first_failed_at", DateTime(timezone=True)),
+    Column("last_failed_at", DateTime(timezone=True)),
+    #: Why a delivery is dead: retries_exhausted, permanent_error, unknown_event_type, invalid_payload.
+    Column("dead_reason", Text),
     UniqueConstraint("event_id", "handler", name="uq_ozzy_deliveries_event_handler"),
     # Operators and the sweep look only at unfinished work; completed rows stay out of this index.
     Index(
@@ -75,4 +91,19 @@ deliveries = Table(
         "enqueued_at",
         postgresql_where=text("status <> 'done'"),
     ),
+)
+
+#: Every running process (web, relay, worker) and its heartbeat; see :mod:`shared.nodes`.
+nodes = Table(
+    "ozzy_nodes",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("info", JSONB, nullable=False, server_default="{}"),
 )

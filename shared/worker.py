@@ -10,16 +10,27 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from datetime import timezone
+
 import dramatiq
+from apscheduler.schedulers.background import BackgroundScheduler
 from dramatiq import Middleware
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared import sql
-from shared.errors import ConcurrencyError
+from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
 from shared.events import StoredEvent, causal_context, decode
 from shared.handlers import HandlerSpec
-from shared.tables import DEAD, RETRYING
+from shared.nodes import Node
+from shared.tables import (
+    DEAD,
+    INVALID_PAYLOAD,
+    PERMANENT_ERROR,
+    RETRIES_EXHAUSTED,
+    RETRYING,
+    UNKNOWN_EVENT_TYPE,
+)
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -75,7 +86,13 @@ class DeliveryState(Middleware):
         envelope = message.args[0]
         status = DEAD if message.failed else RETRYING
         error = "".join(traceback.format_exception(exception))
-        params = {"event_id": envelope["event_id"], "handler": message.actor_name, "status": status, "error": error}
+        params = {
+            "event_id": envelope["event_id"],
+            "handler": message.actor_name,
+            "status": status,
+            "error": error,
+            "dead_reason": dead_reason(exception) if status == DEAD else None,
+        }
         try:
             with self.runtime.engine.begin() as conn:
                 conn.execute(sql.RECORD_FAILURE, params)
@@ -83,6 +100,17 @@ class DeliveryState(Middleware):
             log.exception("could not record the failure of %s for %s", message.actor_name, envelope["event_id"])
         if status == DEAD:
             log.error("%s gave up on event %s: %s", message.actor_name, envelope["event_id"], exception)
+
+
+def dead_reason(exception: BaseException) -> str:
+    """Why a delivery is dead, in the words operators filter by."""
+    if isinstance(exception, UnknownEventType):
+        return UNKNOWN_EVENT_TYPE
+    if isinstance(exception, EventDecodeError):
+        return INVALID_PAYLOAD
+    if isinstance(exception, PermanentError):
+        return PERMANENT_ERROR
+    return RETRIES_EXHAUSTED
 
 
 def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | None = None) -> int:
@@ -95,13 +123,24 @@ def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | N
         worker_threads=threads or runtime.settings.worker_threads,
         worker_timeout=runtime.settings.worker_idle_ms,
     )
+    node = Node(
+        runtime.engine,
+        "worker",
+        lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads, "queues": sorted(queues or [])},
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.start()
+    node.register()
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
+    scheduler.add_job(node.heartbeat, "interval", seconds=runtime.settings.node_heartbeat, max_instances=1, coalesce=True)
+    scheduler.start()
     log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")
+    scheduler.shutdown(wait=False)
     worker.stop(timeout=runtime.settings.time_limit_ms)
+    node.stopped()
     runtime.close()
     return 0

@@ -1,0 +1,59 @@
+"""Dead letters live in PostgreSQL (``ozzy_deliveries.status = 'dead'``), not only in Dramatiq's
+Redis set that expires after seven days. Operators list them and retry them with a fresh retry
+budget; a retried delivery that succeeds is ``done`` and no longer dead."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+
+from shared import sql
+from shared.dispatch import envelope, send
+from shared.runtime import Runtime
+
+LIST_DEAD = text(
+    """
+    SELECT d.id, d.handler, o.event_type, d.event_id, d.attempts, d.dead_reason,
+           d.first_failed_at, d.last_failed_at, d.last_error
+      FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
+     WHERE d.status = 'dead'
+       AND (CAST(:handler AS text) IS NULL OR d.handler = :handler)
+       AND (CAST(:event_type AS text) IS NULL OR o.event_type = :event_type)
+     ORDER BY d.last_failed_at DESC NULLS LAST, d.id DESC
+     LIMIT :limit
+    """
+)
+
+
+def list_dead(runtime: Runtime, *, handler: str | None = None, event_type: str | None = None, limit: int = 100) -> list[Any]:
+    with runtime.engine.connect() as conn:
+        return conn.execute(LIST_DEAD, {"handler": handler, "event_type": event_type, "limit": limit}).all()
+
+
+def retry_dead(
+    runtime: Runtime,
+    *,
+    handler: str | None = None,
+    event_type: str | None = None,
+    ids: Sequence[int] | None = None,
+    batch_size: int = 500,
+) -> int:
+    """Enqueue every matching dead delivery again (all of them, batch by batch); return how many.
+
+    Only handlers this process knows can be retried; the others stay dead and are not counted."""
+    known = sorted(runtime.handlers)
+    total = 0
+    while True:
+        with runtime.engine.connect() as conn, conn.begin():
+            rows = conn.execute(
+                sql.CLAIM_DEAD,
+                {"handler": handler, "event_type": event_type, "ids": list(ids) if ids else None,
+                 "known": known, "limit": batch_size},
+            ).all()
+            if not rows:
+                return total
+            send(runtime.broker, [(runtime.handlers[r.handler], envelope(r)) for r in rows])
+            conn.execute(sql.MARK_REENQUEUED, {"ids": [r.delivery_id for r in rows]})
+        total += len(rows)
