@@ -154,6 +154,8 @@ class Subscriber:
         self.since = time.time()
         self.last_message_at: float | None = None
         self.last_heartbeat_at: float | None = None
+        self.last_connected_at: float | None = None
+        #: Connections after the first: re-subscriptions after a drop, silent or not.
         self.reconnects = 0
 
     def start(self) -> None:
@@ -220,6 +222,9 @@ class Subscriber:
                 self.last_heartbeat_at = time.time()
                 if self.state != "connected":
                     self._resubscribed = False
+                    if self.last_connected_at is not None:
+                        self.reconnects += 1
+                    self.last_connected_at = time.time()
                     self._set_state("connected")
                     self._on_connect()
                 continue

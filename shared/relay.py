@@ -23,6 +23,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import sql
 from shared.dispatch import envelope, send
@@ -120,8 +121,12 @@ class Relay:
 
     def unpark_known(self) -> int:
         """Send back to the drain every parked row whose type this code version now knows."""
-        with self.runtime.engine.begin() as conn:
-            count = conn.execute(sql.UNPARK, {"types": list(registered_event_types())}).rowcount
+        try:
+            with self.runtime.engine.begin() as conn:
+                count = conn.execute(sql.UNPARK, {"types": list(registered_event_types())}).rowcount
+        except SQLAlchemyError as exc:
+            log.warning("could not unpark known event types (will retry at the next start): %s", exc)
+            return 0
         if count:
             log.info("unparked %d events whose type is now known", count)
         return count

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ from datetime import timezone
 import dramatiq
 from apscheduler.schedulers.background import BackgroundScheduler
 from dramatiq import Middleware
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared import sql
@@ -40,12 +41,34 @@ def actor_function(runtime: Any, spec: HandlerSpec) -> Callable[[dict[str, Any]]
     """The function Dramatiq runs for ``spec``: it receives a stored event's message form."""
 
     def handle(envelope: dict[str, Any]) -> None:
-        run_handler(runtime, spec, StoredEvent.from_message(envelope))
+        stored = StoredEvent.from_message(envelope)
+        pause = 0.1
+        while True:
+            try:
+                run_handler(runtime, spec, stored)
+                return
+            except DBAPIError as exc:
+                if not database_unavailable(exc):
+                    raise
+                # The handler could not even start or commit: waiting for the database costs none of
+                # its retry budget (the time limit still bounds the wait).
+                log.warning("%s: database unavailable, retrying in %.1fs: %s", spec.name, pause, exc.orig)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     handle.__name__ = spec.fn.__name__
     handle.__qualname__ = spec.fn.__qualname__
     handle.__module__ = spec.fn.__module__
     return handle
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """True for a lost or refused connection (SQLSTATE class 08, 57P, or none at connect time),
+    not for an error in the handler's own SQL."""
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith(("08", "57P")))
 
 
 def run_handler(runtime: Any, spec: HandlerSpec, stored: StoredEvent) -> bool:

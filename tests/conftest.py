@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
-from shared.settings import Settings, load_settings
+from shared.settings import Settings
 from tests import servers
 
 
@@ -31,51 +29,8 @@ def redis_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def settings(database_server_url: str, redis_server_url: str) -> Iterator[Settings]:
     """Settings for a database created for this test session and migrated to head."""
-    from shared.db import migrate
-
-    name = f"ozzy_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(database_server_url).set(database=name).render_as_string(hide_password=False)
-    s = load_settings(
-        database_url=url,
-        redis_url=redis_server_url,
-        redis_namespace=f"ozzytest-{uuid.uuid4().hex[:8]}",
-        handler_modules=(),
-    )
-    migrate(s)
-    _create_test_tables(s)
-    try:
+    with servers.provisioned(database_server_url, redis_server_url) as s:
         yield s
-    finally:
-        _drop_redis_namespace(s)
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _create_test_tables(s: Settings) -> None:
-    from shared.db import Base
-    from tests import domain  # noqa: F401  (registers the test tables on Base.metadata)
-
-    engine = create_engine(s.sqlalchemy_url)
-    Base.metadata.create_all(engine, tables=[domain.Account.__table__, domain.SideEffect.__table__])
-    engine.dispose()
-
-
-def _drop_redis_namespace(s: Settings) -> None:
-    import redis
-
-    client = redis.Redis.from_url(s.redis_url)
-    try:
-        keys = list(client.scan_iter(f"{s.redis_namespace}:*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
-    except redis.RedisError:
-        pass
-    finally:
-        client.close()
 
 
 @pytest.fixture
@@ -86,11 +41,11 @@ def clean_db(settings: Settings) -> Iterator[Settings]:
         conn.execute(
             text(
                 "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
-                " loan_notifications, loan_applications CASCADE"
+                " loan_notifications, loan_applications, ozzy_nodes CASCADE"
             )
         )
     engine.dispose()
-    _drop_redis_namespace(settings)
+    servers.drop_redis_namespace(settings)
     yield settings
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from decimal import Decimal
 
 from shared import UnitOfWork, handles
@@ -15,6 +16,7 @@ def welcome(event: AccountOpened, uow: UnitOfWork) -> None:
     """Effect once per opened account; the first link of a chain (raises DepositAudited)."""
     uow.add(SideEffect(handler="welcome", event_key=str(event.account_id), account_id=event.account_id))
     uow.publish(DepositAudited(account_id=event.account_id, amount=Decimal("0")))
+    _maybe_slow("OZZY_TEST_WELCOME_DELAY")
 
 
 @handles(DepositAudited, name="test.audit", min_backoff=50, max_backoff=200)
@@ -26,8 +28,10 @@ def audit(event: DepositAudited, uow: UnitOfWork) -> None:
 @handles(Deposited, name="test.count_deposit", min_backoff=50, max_backoff=200)
 def count_deposit(event: Deposited, uow: UnitOfWork) -> None:
     uow.add(SideEffect(handler="count_deposit", event_key=str(event.account_id), account_id=event.account_id))
-    delay = float(os.environ.get("OZZY_TEST_HANDLER_DELAY", "0"))
-    if delay:
-        import time
 
+
+def _maybe_slow(variable: str) -> None:
+    """Fault tests make a handler slow to kill its worker in the middle of it."""
+    delay = float(os.environ.get(variable, "0"))
+    if delay:
         time.sleep(delay)

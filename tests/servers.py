@@ -12,9 +12,16 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.pool import NullPool
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -30,7 +37,7 @@ def database_server_url(stack: ExitStack) -> str:
 
     data = Path(tempfile.mkdtemp(prefix="ozzy-pg-"))
     stack.callback(shutil.rmtree, data, ignore_errors=True)
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data))
+    _ensure_runtime_dir()
     server = pgserver.get_server(data, cleanup_mode="stop")
     stack.callback(server.cleanup)
     return f"postgresql+psycopg://postgres@/postgres?host={data}"
@@ -46,6 +53,14 @@ def redis_server_url(stack: ExitStack) -> str:
     server.start()
     stack.callback(server.close)
     return server.url
+
+
+def _ensure_runtime_dir() -> None:
+    """pgserver keeps lock files in the user's runtime folder; CI shells often have none."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(tempfile.gettempdir()) / f"ozzy-runtime-{os.getuid()}"
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = str(path)
 
 
 def _listening(port: int) -> bool:
@@ -117,3 +132,103 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.02)
     raise TimeoutError(f"nothing listens on port {port}")
+
+
+class PrivatePostgres:
+    """A PostgreSQL of our own (pgserver, on a Unix socket in a temporary folder) that tests may
+    stop and start again; the shared server is never touched."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="ozzy-pgp-"))
+        self.data = self.dir / "data"
+        _ensure_runtime_dir()
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@/postgres?host={self.data}"
+
+    def start(self) -> None:
+        import pgserver  # type: ignore[import-untyped]
+
+        self.data.mkdir(exist_ok=True)
+        self._server = pgserver.get_server(self.data, cleanup_mode="stop")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@contextmanager
+def provisioned(database_server_url: str, redis_url: str) -> Iterator[Settings]:
+    """Settings for a new database on the given server, migrated, with the test tables, and a new
+    Redis namespace; both are removed afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from shared.db import migrate
+    from shared.settings import load_settings
+
+    name = f"ozzy_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(database_server_url).set(database=name).render_as_string(hide_password=False)
+    settings = load_settings(
+        database_url=url,
+        redis_url=redis_url,
+        redis_namespace=f"ozzytest-{uuid.uuid4().hex[:8]}",
+        handler_modules=(),
+    )
+    try:
+        migrate(settings)
+        _create_test_tables(settings)
+        yield settings
+    finally:
+        drop_redis_namespace(settings)
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except Exception:  # noqa: BLE001 - a private server may already be gone
+            pass
+        admin.dispose()
+
+
+def _create_test_tables(settings: Settings) -> None:
+    from sqlalchemy import create_engine
+
+    from shared.db import Base
+    from tests import domain
+
+    engine = create_engine(settings.sqlalchemy_url, poolclass=NullPool)
+    Base.metadata.create_all(engine, tables=[domain.Account.__table__, domain.SideEffect.__table__])
+    engine.dispose()
+
+
+def drop_redis_namespace(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(f"{settings.redis_namespace}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    except redis.RedisError:
+        pass
+    finally:
+        client.close()
