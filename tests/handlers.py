@@ -14,6 +14,7 @@ from tests.domain import AccountOpened, DepositAudited, Deposited, SideEffect
 @handles(AccountOpened, name="test.welcome", min_backoff=50, max_backoff=200)
 def welcome(event: AccountOpened, uow: UnitOfWork) -> None:
     """Effect once per opened account; the first link of a chain (raises DepositAudited)."""
+    _count_start(str(event.account_id))
     uow.add(SideEffect(handler="welcome", event_key=str(event.account_id), account_id=event.account_id))
     uow.publish(DepositAudited(account_id=event.account_id, amount=Decimal("0")))
     _maybe_slow("OZZY_TEST_WELCOME_DELAY")
@@ -28,6 +29,17 @@ def audit(event: DepositAudited, uow: UnitOfWork) -> None:
 @handles(Deposited, name="test.count_deposit", min_backoff=50, max_backoff=200)
 def count_deposit(event: Deposited, uow: UnitOfWork) -> None:
     uow.add(SideEffect(handler="count_deposit", event_key=str(event.account_id), account_id=event.account_id))
+
+
+def _count_start(key: str) -> None:
+    """Fault tests count handler starts outside the transaction (in Redis) to see duplicates."""
+    if os.environ.get("OZZY_TEST_COUNT_STARTS") == "1":
+        import redis
+
+        namespace = os.environ["OZZY_REDIS_NAMESPACE"]
+        client = redis.Redis.from_url(os.environ["REDIS_URL"])
+        client.hincrby(f"{namespace}:test:welcome-starts", key, 1)
+        client.close()
 
 
 def _maybe_slow(variable: str) -> None:

@@ -234,3 +234,71 @@ def test_a_poison_message_among_a_thousand_good_ones_is_parked_and_the_rest_comp
 
 def _dead(runtime) -> int:
     return scalar(runtime, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'dead'")
+
+
+def test_sigterm_lets_the_worker_finish_the_handler_it_is_running_and_exit_zero(settings, redis_server) -> None:
+    w = writer(settings)
+    env = fault_env(settings, OZZY_TEST_WELCOME_DELAY="2", OZZY_TEST_COUNT_STARTS="1")
+    client = redis.Redis.from_url(redis_server.url)
+    with ozzy_processes(env, ["relay"]):
+        worker = OzzyProcess(["worker", "--threads", "1"], env)
+        open_accounts(w, 1, "graceful")
+        # Wait until the handler has started (it sleeps 2 s before returning), then SIGTERM
+        wait_until(lambda: client.hlen(f"{settings.redis_namespace}:test:welcome-starts") == 1, timeout=30,
+                   interval=0.01)
+        client.close()
+        started = time.monotonic()
+        code = worker.terminate(timeout=30)
+        stopped_after = time.monotonic() - started
+    assert code == 0, worker.output()
+    assert counts(w)["welcome"] == 1, "the handler in flight completed before the worker exited"
+    assert stopped_after > 1.0
+    w.close()
+    report("worker_sigterm_graceful", exit_code=code, stopped_after_s=round(stopped_after, 2))
+
+
+def test_a_handler_longer_than_the_heartbeat_timeout_is_not_started_twice(settings, redis_server) -> None:
+    """Lesson 2: a redelivery timeout shorter than the work must not run the work twice."""
+    w = writer(settings)
+    env = fault_env(settings, OZZY_TEST_WELCOME_DELAY="5", OZZY_TEST_COUNT_STARTS="1")
+    with ozzy_processes(env, ["relay"], ["worker", "--threads", "1"], ["worker", "--threads", "1"]):
+        open_accounts(w, 4, "long", per_commit=4)
+        wait_all_handled(w, 4, timeout=90)
+        final = assert_exactly_once(w, 4)
+    starts = redis.Redis.from_url(redis_server.url).hgetall(f"{settings.redis_namespace}:test:welcome-starts")
+    w.close()
+    assert len(starts) == 4 and set(starts.values()) == {b"1"}, starts
+    report("long_handler_vs_heartbeat_timeout", handler_seconds=5, heartbeat_timeout_s=3, starts_per_event=1, **final)
+
+
+def test_web_answers_503_while_the_database_is_down_and_recovers_without_restart(redis_server) -> None:
+    from tests.e2e.procs import process_env
+    from tests.e2e.test_loans_http import call
+    from tests.servers import free_port
+
+    body = {"applicant_name": "Ada", "email": "ada@example.com", "amount": 100}
+    with private_postgres() as pg, provisioned(pg.url, redis_server.url) as settings:
+        port = free_port()
+        env = process_env(settings, PORT=str(port), OZZY_LOG_LEVEL="WARNING")
+        base = f"http://127.0.0.1:{port}"
+        with ozzy_processes(env, ["web", "--host", "127.0.0.1"]):
+            wait_until(lambda: _up(base), timeout=30)
+            assert call("POST", f"{base}/loan-applications", body)[0] == 201
+            pg.stop()
+            status, error = call("POST", f"{base}/loan-applications", body)
+            assert status == 503 and error["error"]["code"] == "database_unavailable", (status, error)
+            health_status, health = call("GET", f"{base}/healthz")
+            assert health_status == 503 and health["database"].startswith("error") and health["redis"] == "ok"
+            pg.start()
+            recovered = time.monotonic()
+            wait_until(lambda: call("POST", f"{base}/loan-applications", body)[0] == 201, timeout=30)
+            report("web_database_outage", status_while_down=status, recovered_after_s=round(time.monotonic() - recovered, 2))
+
+
+def _up(base: str) -> bool:
+    from tests.e2e.test_loans_http import call
+
+    try:
+        return call("GET", f"{base}/healthz")[0] == 200
+    except OSError:
+        return False

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+import uuid
 from collections import Counter
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
 from dramatiq import Message
@@ -92,7 +97,7 @@ def test_a_row_that_commits_late_with_a_lower_id_is_still_dispatched(runtime) ->
     # Given a transaction that takes an id and stays open ...
     slow = runtime.engine.connect()
     slow_tx = slow.begin()
-    late = to_stored(AccountOpened(account_id=__import__("uuid").uuid4(), owner="late"))
+    late = to_stored(AccountOpened(account_id=uuid.uuid4(), owner="late"))
     slow.execute(insert(outbox), [_row(late)])
     # ... while a later one commits and is dispatched
     open_accounts(runtime, 1)
@@ -118,3 +123,43 @@ def test_if_redis_refuses_the_batch_nothing_is_marked_dispatched(clean_db) -> No
     assert scalar(broken, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL") == 5
     assert scalar(broken, "SELECT count(*) FROM ozzy_deliveries") == 0
     broken.close()
+
+
+def test_no_ghost_messages_a_rolled_back_write_never_reaches_redis(runtime) -> None:
+    """Lesson 15: a message announced but never saved is impossible; only committed rows travel."""
+    pubsub = runtime.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{runtime.settings.redis_namespace}:events")
+    with runtime.unit_of_work() as uow:
+        uow.add(Account.open("ghost"))
+        uow.flush()
+        uow.rollback()
+    open_accounts(runtime, 1)
+    assert Relay(runtime).drain() == 1
+    published = []
+    deadline = time.monotonic() + 1
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            published.append(json.loads(message["data"]))
+    pubsub.close()
+    assert [m["payload"]["owner"] for m in published] == ["owner-0"]
+    assert [m.args[0]["payload"]["owner"] for m in queued(runtime, "test.welcome")] == ["owner-0"]
+
+
+def test_one_relay_sends_each_aggregates_events_in_commit_order(runtime) -> None:
+    """Lesson 3, the boundary of what is promised: the log and one relay keep per-aggregate order
+    on every handler queue; running handlers concurrently (several threads or workers) does not."""
+    with runtime.unit_of_work() as uow:
+        account = Account.open("ordered")
+        uow.add(account)
+        uow.commit()
+    for i in range(1, 30):
+        with runtime.unit_of_work() as uow:
+            uow.get(Account, account.id).deposit(Decimal(i), datetime.now(timezone.utc))
+            uow.commit()
+    Relay(runtime).drain()
+    ns = runtime.settings.redis_namespace
+    ids = runtime.redis.lrange(f"{ns}:test.count_deposit", 0, -1)
+    raw = runtime.redis.hmget(f"{ns}:test.count_deposit.msgs", ids)
+    amounts = [Message.decode(r).args[0]["payload"]["money"]["amount"] for r in raw]
+    assert amounts == [str(i) for i in range(1, 30)]
