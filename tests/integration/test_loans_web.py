@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -58,9 +59,9 @@ def test_an_application_goes_through_credit_check_decision_and_one_notification(
         relay.stop()
     for application_id, amount in zip(ids, (500, 90000)):
         view = client.get(f"/loan-applications/{application_id}").get_json()
-        score = credit_score("ada@example.com", __import__("decimal").Decimal(amount))
+        score = credit_score("ada@example.com", Decimal(amount))
         assert view["credit_score"] == score
-        assert view["status"] == ("approved" if decide(score, __import__("decimal").Decimal(amount))[0] else "rejected")
+        assert view["status"] == ("approved" if decide(score, Decimal(amount))[0] else "rejected")
         assert [n["kind"] for n in view["notifications"]] == [view["status"]]
 
 
