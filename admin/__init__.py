@@ -1,0 +1,89 @@
+"""The back office (Flask-Admin at ``/admin``) and the management API (``/api``).
+
+``init_admin(app, runtime)`` mounts both on a Flask app; the application adds views of its own
+tables to the returned :class:`flask_admin.Admin`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+
+from flask import Flask
+from flask_admin import Admin
+from flask_admin.theme import Bootstrap4Theme
+from flask_wtf.csrf import CSRFProtect
+
+from admin import api, auth, db
+from admin.models import Delivery, NodeRow, OutboxEvent
+from admin.views import (
+    DashboardView,
+    DeadLettersView,
+    DeliveriesView,
+    EventLogView,
+    FlagsView,
+    NodesView,
+    ReadOnlyModelView,
+    SettingsView,
+)
+from shared import dynamic
+from shared.errors import ConfigurationError
+from shared.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReadOnlyModelView", "add_read_only_view", "init_admin"]
+
+
+def configure_security(app: Flask, runtime: Runtime) -> CSRFProtect:
+    """SECRET_KEY (required outside dev mode), cookie flags, CSRF on every form."""
+    settings = runtime.settings
+    key = settings.secret_key
+    if not key:
+        if not settings.dev:
+            raise ConfigurationError("SECRET_KEY is required (set OZZY_DEV=1 only on a development machine)")
+        key = secrets.token_urlsafe(32)
+        log.warning("dev mode: generated a SECRET_KEY; logins end when this process restarts")
+    app.config.update(
+        SECRET_KEY=key,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=not settings.dev,  # HTTPS in production; plain http on localhost in dev
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SECURE=not settings.dev,
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
+        WTF_CSRF_TIME_LIMIT=None,  # valid for the session's life
+    )
+    csrf = CSRFProtect(app)
+    csrf.exempt(api.bp)  # checked in api._authenticate, only for cookie-authenticated calls
+    return csrf
+
+
+def init_admin(app: Flask, runtime: Runtime) -> Admin:
+    configure_security(app, runtime)
+    scoped = db.install(app, runtime.session_factory)
+    auth.login_manager.init_app(app)
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(api.bp)
+    admin = Admin(
+        app,
+        name="Ozzy",
+        url="/admin",
+        index_view=DashboardView(name="Dashboard", url="/admin"),
+        theme=Bootstrap4Theme(base_template="admin/ozzy_base.html", fluid=True),
+    )
+    with db.plain_session_accepted():
+        admin.add_view(EventLogView(OutboxEvent, scoped, name="Event log", endpoint="events"))
+        admin.add_view(DeliveriesView(Delivery, scoped, name="Deliveries", endpoint="deliveries"))
+        admin.add_view(DeadLettersView(Delivery, scoped, name="Dead letters", endpoint="deadletters"))
+        admin.add_view(SettingsView(dynamic.Setting, scoped, name="Settings", endpoint="settings"))
+        admin.add_view(FlagsView(dynamic.FeatureFlag, scoped, name="Feature flags", endpoint="flags"))
+        admin.add_view(NodesView(NodeRow, scoped, name="Nodes", endpoint="nodes"))
+    return admin
+
+
+def add_read_only_view(admin: Admin, model: type, name: str, **kwargs: object) -> None:
+    """Add a read-only list and details view of an application table."""
+    with db.plain_session_accepted():
+        admin.add_view(ReadOnlyModelView(model, admin.app.extensions[db.KEY], name=name, **kwargs))

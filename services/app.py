@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from sqlalchemy import text
 
-from services import http
+from shared import http
+from admin import add_read_only_view, init_admin
+from services.loans.model import LoanApplication
 from services.loans.web import bp as loans_bp
 from shared import Runtime, bootstrap
 from shared.fastchannel import bounded_client
@@ -18,6 +20,9 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     http.install(app, rt)
     app.register_blueprint(loans_bp)
+    admin = init_admin(app, rt)
+    app.extensions["csrf"].exempt(loans_bp)  # a JSON API for clients, not a cookie-authenticated form
+    add_read_only_view(admin, LoanApplication, "Loan applications", category="Example", endpoint="loan_applications")
     health_redis = bounded_client(rt.settings.redis_url, 0.5)
 
     @app.get("/healthz")

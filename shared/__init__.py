@@ -6,6 +6,7 @@ live subscribers and one Dramatiq message per ``@handles`` handler. Workers run 
 event, whatever Redis does.
 """
 
+from shared import flags, settings
 from shared.aggregate import Aggregate
 from shared.db import Base
 from shared.errors import (
@@ -21,7 +22,7 @@ from shared.errors import (
 from shared.events import Event, StoredEvent, causal_context
 from shared.handlers import HandlerSpec, handles
 from shared.runtime import Runtime, bootstrap
-from shared.settings import Settings, load_settings
+from shared.config import Settings, load_settings
 from shared.uow import UnitOfWork
 
 __all__ = [
@@ -35,6 +36,9 @@ __all__ = [
     "UnitOfWork",
     "handles",
     "HandlerSpec",
+    # Runtime settings and feature flags (operators change them in the back office)
+    "flags",
+    "settings",
     # Process set-up
     "Runtime",
     "Settings",

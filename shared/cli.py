@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from shared.settings import load_settings
+from shared.config import load_settings
 
 
 def _configure_logging() -> None:
@@ -113,6 +113,91 @@ def deadletters_retry(handler: str | None, event_type: str | None, ids: tuple[in
     count = retry_dead(runtime, handler=handler, event_type=event_type, ids=ids or None)
     click.echo(f"{count} dead deliveries enqueued again")
     runtime.close()
+
+
+def _session():  # type: ignore[no-untyped-def]
+    from sqlalchemy.orm import Session
+
+    from shared.db import make_engine
+
+    return Session(make_engine(load_settings(), pool_size=1, max_overflow=0))
+
+
+@main.group()
+def users() -> None:
+    """Operators of the back office."""
+
+
+@users.command("create")
+@click.argument("name")
+@click.password_option(help="Prompted for (twice) when not given.")
+def users_create(name: str, password: str) -> None:
+    """Create operator NAME; the password is prompted for and stored hashed."""
+    from sqlalchemy.exc import IntegrityError
+
+    from shared.accounts import create_user
+
+    with _session() as session:
+        try:
+            create_user(session, name, password)
+            session.commit()
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        except IntegrityError:
+            raise click.ClickException(f"user {name!r} already exists") from None
+    click.echo(f"user {name} created")
+
+
+@main.group()
+def tokens() -> None:
+    """API tokens for the management API (stored hashed, shown once)."""
+
+
+@tokens.command("create")
+@click.argument("username")
+@click.option("--name", required=True, help="What the token is for.")
+def tokens_create(username: str, name: str) -> None:
+    """Create a token for USERNAME and print it (it cannot be shown again)."""
+    from sqlalchemy import select
+
+    from shared.accounts import User, create_token
+
+    with _session() as session:
+        user = session.scalar(select(User).where(User.username == username))
+        if user is None:
+            raise click.ClickException(f"no user {username!r}")
+        token, secret = create_token(session, user, name)
+        session.commit()
+        click.echo(f"token {token.id} for {username}: {secret}")
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """Every token: id, user, name, prefix, created, last used, revoked."""
+    from sqlalchemy import select
+
+    from shared.accounts import ApiToken, User
+
+    with _session() as session:
+        rows = session.execute(select(ApiToken, User.username).join(User, User.id == ApiToken.user_id).order_by(ApiToken.id))
+        for token, username in rows:
+            click.echo(
+                f"{token.id}\t{username}\t{token.name}\t{token.prefix}…\tcreated={token.created_at:%Y-%m-%d}"
+                f"\tlast_used={token.last_used_at or '-'}\trevoked={token.revoked_at or '-'}"
+            )
+
+
+@tokens.command("revoke")
+@click.argument("token_id", type=int)
+def tokens_revoke(token_id: int) -> None:
+    """Revoke token TOKEN_ID at once."""
+    from shared.accounts import revoke_token
+
+    with _session() as session:
+        if not revoke_token(session, token_id):
+            raise click.ClickException(f"no live token {token_id}")
+        session.commit()
+    click.echo(f"token {token_id} revoked")
 
 
 @main.group()

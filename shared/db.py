@@ -12,7 +12,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
 
-from shared.settings import Settings
+from shared.config import Settings
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 

@@ -32,28 +32,41 @@ def list_dead(runtime: Runtime, *, handler: str | None = None, event_type: str |
         return conn.execute(LIST_DEAD, {"handler": handler, "event_type": event_type, "limit": limit}).all()
 
 
+#: Deliveries an operator may retry: anything not finished.
+RETRYABLE = ("pending", "retrying", "dead")
+
+
 def retry_dead(
     runtime: Runtime,
     *,
     handler: str | None = None,
     event_type: str | None = None,
     ids: Sequence[int] | None = None,
+    statuses: Sequence[str] = ("dead",),
     batch_size: int = 500,
 ) -> int:
-    """Enqueue every matching dead delivery again (all of them, batch by batch); return how many.
-
-    Only handlers this process knows can be retried; the others stay dead and are not counted."""
+    """Enqueue every matching delivery again with a fresh retry budget (all of them, batch by
+    batch); return how many. By default only dead ones; ``statuses`` widens it (never to finished
+    work). Only handlers this process knows can be retried; the others are left as they are."""
     known = sorted(runtime.handlers)
+    wanted = [s for s in statuses if s in RETRYABLE]
     total = 0
     while True:
         with runtime.engine.connect() as conn, conn.begin():
             rows = conn.execute(
-                sql.CLAIM_DEAD,
+                sql.CLAIM_FOR_RETRY,
                 {"handler": handler, "event_type": event_type, "ids": list(ids) if ids else None,
-                 "known": known, "limit": batch_size},
+                 "known": known, "statuses": wanted, "limit": batch_size},
             ).all()
             if not rows:
                 return total
             send(runtime.broker, [(runtime.handlers[r.handler], envelope(r)) for r in rows])
             conn.execute(sql.MARK_REENQUEUED, {"ids": [r.delivery_id for r in rows]})
         total += len(rows)
+
+
+def resolve(runtime: Runtime, ids: Sequence[int], actor: str | None) -> int:
+    """Mark unfinished deliveries resolved (never to run); return how many changed."""
+    note = f"resolved by {actor or 'an operator'}"
+    with runtime.engine.begin() as conn:
+        return conn.execute(sql.RESOLVE, {"ids": list(ids), "note": note}).rowcount

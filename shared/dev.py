@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from shared.db import migrate
-from shared.settings import load_settings
+from shared.config import load_settings
 
 
 def free_port() -> int:
@@ -92,6 +92,36 @@ def start_redis(data_dir: Path, stack: ExitStack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def ensure_dev_operator(database_url: str, state: Path) -> str:
+    """On a database without operators, create ``admin`` with a random password kept in
+    ``.ozzy/dev-admin.txt``; return a line telling how to log in."""
+    import secrets
+
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from shared.accounts import User, create_user
+    from shared.db import make_engine
+
+    state.mkdir(parents=True, exist_ok=True)
+    credentials = state / "dev-admin.txt"
+    engine = make_engine(load_settings(database_url=database_url), pool_size=1, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            if session.scalar(select(func.count()).select_from(User)) == 0:
+                password = secrets.token_urlsafe(12)
+                create_user(session, "admin", password)
+                session.commit()
+                credentials.write_text(f"admin {password}\n")
+                credentials.chmod(0o600)
+    finally:
+        engine.dispose()
+    if credentials.exists():
+        user, password = credentials.read_text().split()
+        return f"(log in as {user} / {password})"
+    return "(log in with an operator made by `ozzy users create NAME`)"
+
+
 def procfile_processes(root: Path, env: dict[str, str], port: int) -> list[Any]:
     from honcho.environ import expand_processes, parse_procfile
 
@@ -146,15 +176,21 @@ def run_dev(root: Path, port: int, demo: bool) -> int:
             click.echo(f"embedded Redis: {env['REDIS_URL']}")
         migrate(load_settings(database_url=env["DATABASE_URL"]))
         click.echo("database migrated")
+        operator = ensure_dev_operator(env["DATABASE_URL"], state)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("OZZY_LOG_PLAIN", "1")
+        env.setdefault("OZZY_DEV", "1")
 
         manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
         for proc in procfile_processes(root, env, port):
             manager.add_process(proc.name, proc.cmd, quiet=proc.quiet, env=proc.env)
         base_url = f"http://127.0.0.1:{port}"
-        click.echo(f"\n  Ozzy is starting. Open {base_url}/  (health: {base_url}/healthz)\n  Ctrl-C stops everything.\n")
+        click.echo(
+            f"\n  Ozzy is starting. Open {base_url}/  (health: {base_url}/healthz)"
+            f"\n  Back office: {base_url}/admin/  {operator}"
+            "\n  Ctrl-C stops everything.\n"
+        )
         stop_demo = threading.Event()
         if demo:
             threading.Thread(target=demo_loop, args=(base_url, stop_demo), daemon=True).start()

@@ -19,7 +19,8 @@ from shared.broker import OzzyBroker
 from shared.db import make_engine, make_session_factory
 from shared.fastchannel import WakeNotifier, bounded_client, relay_channel
 from shared.handlers import HandlerSpec, import_handler_modules, registered_handlers
-from shared.settings import Settings, load_settings
+from shared.config import Settings, load_settings
+from shared import store
 from shared.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -100,4 +101,6 @@ def bootstrap(settings: Settings | None = None, *, import_handlers: bool = True)
     settings = settings or load_settings()
     if import_handlers:
         import_handler_modules(settings.handler_modules)
-    return Runtime(settings, make_engine(settings), registered_handlers())
+    runtime = Runtime(settings, make_engine(settings), registered_handlers())
+    store.install(store.Store(runtime.session_factory))
+    return runtime

@@ -1,88 +1,23 @@
-"""Typed settings, read from the environment at the edge of each process and passed down."""
+"""Runtime settings that operators change in the back office: ``settings.get("name")``.
+
+(The process's own configuration from environment variables is :mod:`shared.config`.)
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from shared.dynamic import UnknownSetting
+from shared.store import current_store
 
-from shared.errors import ConfigurationError
-
-
-class Settings(BaseSettings):
-    """Every knob of an Ozzy process. ``DATABASE_URL`` and ``REDIS_URL`` keep their conventional
-    names; the tunables are read from ``OZZY_<NAME>``."""
-
-    model_config = SettingsConfigDict(env_prefix="OZZY_", frozen=True, extra="ignore")
-
-    database_url: str = Field(
-        "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-        validation_alias=AliasChoices("DATABASE_URL", "OZZY_DATABASE_URL", "database_url"),
-    )
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "OZZY_REDIS_URL", "redis_url"),
-    )
-    #: Prefix of every Redis key and channel this deployment uses, so several can share one Redis.
-    redis_namespace: str = "ozzy"
-    #: Modules (or packages, walked recursively) that declare ``@handles`` functions.
-    handler_modules: tuple[str, ...] = ("workers.handlers",)
-    #: Packages holding the application's Alembic revisions, applied after the framework's own.
-    migration_packages: tuple[str, ...] = ("services.migrations",)
-
-    #: ``module:factory`` of the web application; ``ozzy web`` serves ``factory(runtime)``.
-    web_app: str = "services.app:create_app"
-
-    #: Modules or packages (walked) that declare event classes, imported by the relay so that an
-    #: event type without handlers is told apart from one this code version does not know.
-    event_modules: tuple[str, ...] = ("services",)
-
-    # Relay
-    poll_interval: float = Field(1.0, gt=0)
-    batch_size: int = Field(500, ge=1, le=10_000)
-    #: How often the relay runs its housekeeping (redelivery sweep, broker maintenance).
-    sweep_interval: float = Field(5.0, gt=0)
-    #: A delivery not completed this long after it was enqueued is enqueued again if Redis seems
-    #: to have lost it (restarted empty, failed over). The inbox makes the repeat harmless.
-    redelivery_after: float = Field(30.0, gt=0)
-    #: The relay publishes a heartbeat on its own fast channel this often and re-subscribes when
-    #: three in a row do not come back.
-    fast_channel_heartbeat: float = Field(2.0, gt=0)
-    #: Every process records itself in ozzy_nodes this often.
-    node_heartbeat: float = Field(5.0, gt=0)
-    # Write path: the after-commit wake-up may never hold a request longer than this.
-    notify_timeout: float = Field(0.05, gt=0)
-
-    # Handlers: project-wide retry defaults, each overridable per handler
-    max_retries: int = Field(5, ge=0)
-    min_backoff_ms: int = Field(500, ge=1)
-    max_backoff_ms: int = Field(300_000, ge=1)
-    time_limit_ms: int = Field(300_000, ge=1)
-
-    # Worker
-    worker_threads: int = Field(8, ge=1)
-    # How long an idle consumer blocks waiting for a wake-up before it polls Redis anyway.
-    worker_idle_ms: int = Field(1000, ge=10)
-    # A worker whose heartbeat is older than this is dead and its in-flight messages come back
-    # (a live worker heartbeats every few seconds even while all its threads run long handlers).
-    heartbeat_timeout_ms: int = Field(10_000, ge=1000)
-
-    db_pool_size: int = Field(10, ge=1)
-
-    @property
-    def sqlalchemy_url(self) -> str:
-        """The database URL with the psycopg 3 driver made explicit."""
-        url = self.database_url
-        for prefix in ("postgres://", "postgresql://"):
-            if url.startswith(prefix):
-                return "postgresql+psycopg://" + url[len(prefix) :]
-        return url
+_MISSING: Any = object()
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings from the environment, with explicit overrides winning; raise a clear error."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise ConfigurationError(f"invalid settings: {exc}") from exc
+def get(key: str, default: Any = _MISSING) -> Any:
+    """The current value of setting ``key``; ``default`` (or UnknownSetting) if it does not exist."""
+    values = current_store().settings()
+    if key in values:
+        return values[key]
+    if default is _MISSING:
+        raise UnknownSetting(f"no setting {key!r}")
+    return default

@@ -60,7 +60,7 @@ INBOX_CLAIM = text(
     ON CONFLICT (event_id, handler) DO UPDATE
        SET status = 'done', attempts = ozzy_deliveries.attempts + 1,
            completed_at = now(), updated_at = now()
-     WHERE ozzy_deliveries.status <> 'done'
+     WHERE ozzy_deliveries.status NOT IN ('done', 'resolved')
     RETURNING id
     """
 )
@@ -76,7 +76,7 @@ RECORD_FAILURE = text(
            last_error = EXCLUDED.last_error, updated_at = now(),
            first_failed_at = coalesce(ozzy_deliveries.first_failed_at, now()),
            last_failed_at = now(), dead_reason = EXCLUDED.dead_reason
-     WHERE ozzy_deliveries.status <> 'done'
+     WHERE ozzy_deliveries.status NOT IN ('done', 'resolved')
     """
 )
 
@@ -106,13 +106,13 @@ MARK_REENQUEUED = text(
     """
 )
 
-#: Dead deliveries an operator asked to retry, a batch at a time, with their events.
-CLAIM_DEAD = text(
+#: Deliveries an operator asked to retry (dead ones by default), a batch at a time, with their events.
+CLAIM_FOR_RETRY = text(
     """
     SELECT d.id AS delivery_id, d.handler, o.id, o.event_id, o.event_type, o.event_version,
            o.aggregate_type, o.aggregate_id, o.payload, o.metadata, o.occurred_at
       FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
-     WHERE d.status = 'dead'
+     WHERE d.status = ANY(CAST(:statuses AS text[]))
        AND d.handler = ANY(CAST(:known AS text[]))
        AND (CAST(:handler AS text) IS NULL OR d.handler = :handler)
        AND (CAST(:event_type AS text) IS NULL OR o.event_type = :event_type)
@@ -120,5 +120,15 @@ CLAIM_DEAD = text(
      ORDER BY d.id
      LIMIT :limit
        FOR UPDATE OF d SKIP LOCKED
+    """
+)
+
+#: An operator's decision that these unfinished deliveries need no run.
+RESOLVE = text(
+    """
+    UPDATE ozzy_deliveries
+       SET status = 'resolved', completed_at = now(), updated_at = now(),
+           last_error = coalesce(last_error || E'\n', '') || :note
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND status NOT IN ('done', 'resolved')
     """
 )

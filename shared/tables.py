@@ -58,6 +58,9 @@ outbox = Table(
 #: Delivery states. ``pending``: enqueued, not completed; ``retrying``: failed, a retry is scheduled;
 #: ``done``: the handler's transaction committed; ``dead``: retries exhausted or a permanent error.
 PENDING, RETRYING, DONE, DEAD = "pending", "retrying", "done", "dead"
+#: An operator decided the delivery needs no run; like ``done``, it is never run again.
+RESOLVED = "resolved"
+FINISHED = (DONE, RESOLVED)
 RETRIES_EXHAUSTED, PERMANENT_ERROR, UNKNOWN_EVENT_TYPE, INVALID_PAYLOAD = (
     "retries_exhausted",
     "permanent_error",
@@ -89,7 +92,7 @@ deliveries = Table(
         "status",
         "handler",
         "enqueued_at",
-        postgresql_where=text("status <> 'done'"),
+        postgresql_where=text("status NOT IN ('done', 'resolved')"),
     ),
 )
 

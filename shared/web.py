@@ -11,7 +11,7 @@ from waitress.server import create_server
 
 from shared.errors import ConfigurationError
 from shared.runtime import bootstrap
-from shared.settings import Settings
+from shared.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 from sqlalchemy import create_engine, text
 
-from shared.settings import Settings
+from shared.config import Settings
 from tests import servers
 
 
@@ -41,7 +41,8 @@ def clean_db(settings: Settings) -> Iterator[Settings]:
         conn.execute(
             text(
                 "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
-                " loan_notifications, loan_applications, ozzy_nodes CASCADE"
+                " loan_notifications, loan_applications, ozzy_nodes, ozzy_settings, ozzy_flags,"
+                " ozzy_api_tokens, ozzy_users CASCADE"
             )
         )
     engine.dispose()

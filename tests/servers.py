@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from shared.config import Settings
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -182,7 +182,7 @@ def provisioned(database_server_url: str, redis_url: str) -> Iterator[Settings]:
     from sqlalchemy.engine import make_url
 
     from shared.db import migrate
-    from shared.settings import load_settings
+    from shared.config import load_settings
 
     name = f"ozzy_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
@@ -194,6 +194,7 @@ def provisioned(database_server_url: str, redis_url: str) -> Iterator[Settings]:
         redis_url=redis_url,
         redis_namespace=f"ozzytest-{uuid.uuid4().hex[:8]}",
         handler_modules=(),
+        secret_key="test-secret-key-not-for-production",
     )
     try:
         migrate(settings)

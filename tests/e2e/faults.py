@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.db import make_engine
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.config import Settings
 from tests.domain import Account
 from tests.e2e.procs import process_env
 from tests.integration.helpers import scalar

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.settings import Settings
+from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OZZY = [sys.executable, "-m", "shared.cli"]
@@ -26,6 +26,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         OZZY_HANDLER_MODULES='["tests.handlers"]',
         OZZY_MIGRATION_PACKAGES="[]",
         OZZY_LOG_LEVEL="INFO",
+        SECRET_KEY=settings.secret_key or "test-secret-key-not-for-production",
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from shared.handlers import HandlerSpec, registered_handlers
 from shared.runtime import Runtime
-from shared.settings import Settings
+from shared.config import Settings
 from shared.db import make_engine
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from services.app import create_app
-from services.http import MAX_BODY_BYTES
+from shared.http import MAX_BODY_BYTES
 from shared.relay import Relay
 from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
 

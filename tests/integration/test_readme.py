@@ -63,9 +63,9 @@ def test_the_readme_names_the_test_command_that_ci_runs() -> None:
 
 
 def _variables() -> list[str]:
-    from shared.settings import Settings
+    from shared.config import Settings
 
-    special = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}
+    special = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "secret_key": "SECRET_KEY"}
     return [special.get(name, f"OZZY_{name.upper()}") for name in Settings.model_fields]
 
 

@@ -1,0 +1,33 @@
+"""ORM mappings of the framework's tables for the back office (the pipeline itself uses Core)."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import DeclarativeBase, relationship
+
+from shared.tables import deliveries, nodes, outbox
+
+
+class AdminBase(DeclarativeBase):
+    """A registry of its own, so these read mappings never mix with application tables."""
+
+
+class OutboxEvent(AdminBase):
+    __table__ = outbox
+    # "metadata" is reserved on declarative classes
+    __mapper_args__ = {"properties": {"metadata_": outbox.c.metadata}, "exclude_properties": ["metadata"]}
+
+    def __str__(self) -> str:
+        return f"{self.event_type} #{self.id}"
+
+
+class Delivery(AdminBase):
+    __table__ = deliveries
+
+    event = relationship(OutboxEvent, lazy="joined", viewonly=True)
+
+    def __str__(self) -> str:
+        return f"{self.handler} / {self.event_id}"
+
+
+class NodeRow(AdminBase):
+    __table__ = nodes

@@ -1,0 +1,379 @@
+"""Flask-Admin views of the back office. Every view requires a logged-in operator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from flask import abort, current_app, flash, g, redirect, request, url_for
+from flask_admin import AdminIndexView, BaseView, expose
+from flask_admin.actions import action
+from flask_admin.contrib.sqla import ModelView
+from flask_admin.contrib.sqla.filters import BaseSQLAFilter, DateTimeBetweenFilter, FilterEqual
+from flask_login import current_user
+from markupsafe import Markup, escape
+from sqlalchemy import or_, select
+from wtforms import BooleanField, SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length, Regexp
+
+from admin.auth import actor
+from admin.models import Delivery, OutboxEvent
+from shared import deadletters, dynamic, monitoring
+from shared.events import causal_context
+
+
+def runtime():  # type: ignore[no-untyped-def]
+    return current_app.extensions["ozzy"]
+
+
+class Secured:
+    """Mixin: only logged-in operators; everyone else is sent to the login page."""
+
+    def is_accessible(self) -> bool:
+        return bool(current_user.is_authenticated)
+
+    def inaccessible_callback(self, name: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        return redirect(url_for("auth.login", next=request.full_path))
+
+    @property
+    def db(self):  # type: ignore[no-untyped-def]
+        """This request's session."""
+        return self.session
+
+
+class DashboardView(Secured, AdminIndexView):
+    @expose("/")
+    def index(self):  # type: ignore[no-untyped-def]
+        status = monitoring.status(runtime().engine, sorted(runtime().handlers))
+        return self.render("admin/dashboard.html", status=status, chart=events_chart(status["events_per_minute"]))
+
+
+def events_chart(per_minute: list[dict[str, Any]]) -> Markup:
+    """An inline SVG bar chart of events per minute over the last hour (no JavaScript needed)."""
+    width, height, bars = 720, 140, 60
+    counts = {row["minute"][11:16]: row["count"] for row in per_minute}
+    from datetime import datetime, timedelta, timezone
+
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    minutes = [(now - timedelta(minutes=bars - 1 - i)).strftime("%H:%M") for i in range(bars)]
+    peak = max([counts.get(m, 0) for m in minutes] + [1])
+    step = width / bars
+    rects = []
+    for i, minute in enumerate(minutes):
+        n = counts.get(minute, 0)
+        h = round((height - 20) * n / peak, 1)
+        rects.append(
+            f'<rect x="{i * step:.1f}" y="{height - 15 - h}" width="{step - 2:.1f}" height="{h}" fill="#2c7be5">'
+            f"<title>{minute} UTC: {n} events</title></rect>"
+        )
+    labels = "".join(
+        f'<text x="{i * step:.1f}" y="{height - 2}" font-size="10">{minutes[i]}</text>' for i in range(0, bars, 10)
+    )
+    return Markup(
+        f'<svg role="img" aria-label="events per minute" width="100%" viewBox="0 0 {width} {height}">'
+        f'{"".join(rects)}{labels}<text x="{width - 4}" y="12" font-size="11" text-anchor="end">peak {peak}/min</text></svg>'
+    )
+
+
+def _pretty_json(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    return Markup(f"<pre class='mb-0'>{escape(json.dumps(value, indent=2, sort_keys=True, default=str))}</pre>")
+
+
+def _pre(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    return Markup(f"<pre class='mb-0 small'>{escape(value)}</pre>") if value else ""
+
+
+class DispatchedFilter(BaseSQLAFilter):
+    """Dispatched or not, by ``dispatched_at`` (undispatched rows have an index of their own)."""
+
+    def apply(self, query, value, alias=None):  # type: ignore[no-untyped-def]
+        column = self.get_column(alias)
+        return query.filter(column.is_not(None) if value == "1" else column.is_(None))
+
+    def operation(self) -> str:
+        return "is"
+
+
+class ExactUuidSearch:
+    """Search by exact id on indexed columns instead of Flask-Admin's ``ILIKE '%…%'`` over casts,
+    which would scan a million-row table: a UUID matches event, correlation or causation id; any
+    other term matches the aggregate id. Values are bound parameters, never concatenated SQL."""
+
+    def _apply_search(self, query, count_query, joins, count_joins, search):  # type: ignore[no-untyped-def]
+        for term in filter(None, search.split()):
+            clause = self._search_clause(term)
+            query = query.filter(clause)
+            if count_query is not None:
+                count_query = count_query.filter(clause)
+        return query, count_query, joins, count_joins
+
+    def _search_clause(self, term: str):  # type: ignore[no-untyped-def]
+        try:
+            key = uuid.UUID(term)
+        except ValueError:
+            return OutboxEvent.aggregate_id == term
+        return or_(OutboxEvent.event_id == key, OutboxEvent.correlation_id == key, OutboxEvent.causation_id == key)
+
+
+class ReadOnlyModelView(Secured, ModelView):
+    """A list and details view that never writes."""
+
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_view_details = True
+    page_size = 50
+
+
+class EventLogView(ExactUuidSearch, ReadOnlyModelView):
+    details_template = "admin/event_details.html"
+    # No COUNT(*) over the whole table per page; pages walk the primary key, newest first.
+    simple_list_pager = True
+    column_default_sort = ("id", True)
+    column_list = ["id", "occurred_at", "event_type", "aggregate_type", "aggregate_id", "correlation_id",
+                   "dispatched_at", "parked_at"]
+    column_details_list = ["id", "event_id", "event_type", "event_version", "aggregate_type", "aggregate_id",
+                           "correlation_id", "causation_id", "occurred_at", "dispatched_at", "parked_at",
+                           "park_reason", "payload", "metadata_"]
+    column_labels = {"metadata_": "Metadata", "occurred_at": "Occurred", "event_type": "Type"}
+    column_sortable_list = ["id"]
+    column_searchable_list = ["event_id"]  # enables the search box; see ExactUuidSearch
+    column_filters = [
+        FilterEqual(OutboxEvent.event_type, "Type"),
+        FilterEqual(OutboxEvent.aggregate_id, "Aggregate id"),
+        FilterEqual(OutboxEvent.correlation_id, "Correlation id"),
+        DateTimeBetweenFilter(OutboxEvent.occurred_at, "Occurred"),
+        DispatchedFilter(OutboxEvent.dispatched_at, "Dispatched", options=(("1", "yes"), ("0", "no"))),
+    ]
+    column_formatters_detail = {"payload": _pretty_json, "metadata_": _pretty_json}
+    can_export = True
+    export_types = ["csv"]
+    export_max_rows = 100_000
+    column_export_list = ["id", "event_id", "event_type", "event_version", "aggregate_type", "aggregate_id",
+                          "correlation_id", "causation_id", "occurred_at", "dispatched_at", "payload", "metadata_"]
+    column_formatters_export = {"payload": lambda v, c, m, n: json.dumps(m.payload),
+                                "metadata_": lambda v, c, m, n: json.dumps(m.metadata_)}
+
+    def search_placeholder(self) -> str:
+        return "Event, correlation or causation id; aggregate id"
+
+    def render(self, template: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        model = kwargs.get("model")
+        if template == self.details_template and model is not None:
+            kwargs["caused"] = caused_chain(self.db, model.event_id)
+            kwargs["cause"] = (
+                self.db.scalar(select(OutboxEvent).where(OutboxEvent.event_id == model.causation_id))
+                if model.causation_id else None
+            )
+            kwargs["deliveries"] = self.db.scalars(
+                select(Delivery).where(Delivery.event_id == model.event_id).order_by(Delivery.handler)
+            ).all()
+        return super().render(template, **kwargs)
+
+
+def caused_chain(session, event_id: uuid.UUID, depth: int = 5, limit: int = 200) -> list[tuple[int, OutboxEvent]]:  # type: ignore[no-untyped-def]
+    """The events this one caused, and what they caused, depth first (bounded)."""
+    result: list[tuple[int, OutboxEvent]] = []
+
+    def walk(parent: uuid.UUID, level: int) -> None:
+        if level > depth or len(result) >= limit:
+            return
+        children = session.scalars(
+            select(OutboxEvent).where(OutboxEvent.causation_id == parent).order_by(OutboxEvent.id).limit(limit)
+        ).all()
+        for child in children:
+            result.append((level, child))
+            walk(child.event_id, level + 1)
+
+    walk(event_id, 1)
+    return result
+
+
+class HandlerFilterMixin:
+    def _handler_options(self):  # type: ignore[no-untyped-def]
+        return [(name, name) for name in sorted(runtime().handlers)]
+
+
+class DeliveriesView(ReadOnlyModelView):
+    list_template = "admin/deliveries_list.html"
+    column_default_sort = ("id", True)
+    simple_list_pager = True
+    column_list = ["id", "handler", "event.event_type", "event_id", "status", "attempts", "enqueued_at",
+                   "updated_at", "dead_reason"]
+    column_details_list = ["id", "handler", "event.event_type", "event_id", "status", "attempts", "dead_reason",
+                           "created_at", "enqueued_at", "updated_at", "completed_at", "first_failed_at",
+                           "last_failed_at", "last_error"]
+    column_labels = {"event.event_type": "Event type"}
+    column_sortable_list = ["id", "attempts", "enqueued_at"]
+    column_filters = [
+        FilterEqual(Delivery.status, "Status",
+                    options=[(s, s) for s in ("pending", "retrying", "dead", "done", "resolved")]),
+        FilterEqual(Delivery.handler, "Handler"),
+        FilterEqual(OutboxEvent.event_type, "Event type"),
+        FilterEqual(Delivery.dead_reason, "Dead reason"),
+    ]
+    column_formatters_detail = {"last_error": _pre}
+    column_formatters = {
+        "last_error": lambda v, c, m, n: (m.last_error or "").strip().splitlines()[-1:][0] if m.last_error else ""
+    }
+
+    def get_query(self):  # type: ignore[no-untyped-def]
+        return self.db.query(Delivery).join(OutboxEvent, OutboxEvent.event_id == Delivery.event_id)
+
+    def get_count_query(self):  # type: ignore[no-untyped-def]
+        from sqlalchemy import func
+
+        return self.db.query(func.count(Delivery.id)).join(OutboxEvent, OutboxEvent.event_id == Delivery.event_id)
+
+    @action("retry", "Retry", "Retry the selected deliveries with a fresh retry budget?")
+    def action_retry(self, ids: list[str]) -> None:
+        count = deadletters.retry_dead(runtime(), ids=[int(i) for i in ids], statuses=deadletters.RETRYABLE)
+        flash(f"{count} of {len(ids)} deliveries enqueued again (finished ones are left as they are).", "success")
+
+    @action("resolve", "Mark resolved", "Mark the selected deliveries resolved? They will not run.")
+    def action_resolve(self, ids: list[str]) -> None:
+        count = deadletters.resolve(runtime(), [int(i) for i in ids], actor())
+        flash(f"{count} deliveries marked resolved.", "success")
+
+    def matching_ids(self) -> list[int]:
+        """Ids of every delivery matching the list's current filters and search, all pages."""
+        view_args = self._get_list_extra_args()
+        filters = self._get_list_filter_args()
+        _, query = self.get_list(0, None, None, view_args.search, filters, execute=False, page_size=None)
+        return [row.id for row in query.with_entities(Delivery.id)]
+
+    @expose("/retry-matching/", methods=["GET", "POST"])
+    def retry_matching(self):  # type: ignore[no-untyped-def]
+        ids = self.matching_ids()
+        if request.method == "POST":
+            count = deadletters.retry_dead(runtime(), ids=ids, statuses=deadletters.RETRYABLE) if ids else 0
+            flash(f"{count} deliveries matching the filter enqueued again.", "success")
+            return redirect(self.get_url(".index_view", **request.args))
+        retryable = self.db.query(Delivery).filter(
+            Delivery.id.in_(ids), Delivery.status.in_(deadletters.RETRYABLE)
+        ).count() if ids else 0
+        return self.render("admin/retry_confirm.html", matching=len(ids), retryable=retryable,
+                           back=self.get_url(".index_view", **request.args))
+
+
+class DeadLettersView(DeliveriesView):
+    column_list = ["id", "handler", "event.event_type", "event_id", "attempts", "dead_reason",
+                   "first_failed_at", "last_failed_at", "last_error"]
+    column_filters = [
+        FilterEqual(Delivery.handler, "Handler"),
+        FilterEqual(OutboxEvent.event_type, "Event type"),
+        FilterEqual(Delivery.dead_reason, "Dead reason"),
+    ]
+
+    def get_query(self):  # type: ignore[no-untyped-def]
+        return super().get_query().filter(Delivery.status == "dead")
+
+    def get_count_query(self):  # type: ignore[no-untyped-def]
+        return super().get_count_query().filter(Delivery.status == "dead")
+
+
+class _ChangeThroughDomain:
+    """Create and edit through a unit of work, so every change is a domain event with its actor."""
+
+    def _commit_change(self, change) -> bool:  # type: ignore[no-untyped-def]
+        try:
+            with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
+                with runtime().unit_of_work() as uow:
+                    change(uow)
+                    uow.commit()
+        except dynamic.InvalidSettingValue as exc:
+            flash(str(exc), "error")
+            return False
+        self.db.expire_all()
+        return True
+
+
+class SettingsView(_ChangeThroughDomain, Secured, ModelView):
+    can_delete = False
+    can_view_details = True
+    column_list = ["key", "type", "value", "description", "updated_at", "updated_by", "version"]
+    column_formatters = {"value": lambda v, c, m, n: json.dumps(m.value)}
+    column_searchable_list = ["key"]
+    column_default_sort = "key"
+    form_columns = ["key", "type", "value", "description"]
+    form_overrides = {"value": TextAreaField, "type": SelectField}
+    form_args = {
+        "key": {"validators": [DataRequired(), Length(max=200), Regexp(r"^[a-zA-Z0-9_.\-]+$")]},
+        "type": {"choices": [(t, t) for t in dynamic.SETTING_TYPES]},
+        "value": {"description": "string: as is; integer: 42; boolean: true/false; json: any JSON"},
+    }
+    form_widget_args = {"key": {"readonly": False}}
+
+    def on_form_prefill(self, form, id):  # type: ignore[no-untyped-def]
+        model = self.get_one(id)
+        form.value.data = model.value if model.type == "string" else json.dumps(model.value)
+        form.key.render_kw = {"readonly": True}
+        form.type.render_kw = {"disabled": True}
+
+    def create_model(self, form):  # type: ignore[no-untyped-def]
+        ok = self._commit_change(lambda uow: dynamic.define_setting(
+            uow, form.key.data, form.type.data, self._raw(form.type.data, form.value.data),
+            form.description.data or "", actor()))
+        return self.get_one(form.key.data) if ok else False
+
+    def update_model(self, form, model):  # type: ignore[no-untyped-def]
+        key = model.key
+
+        def change(uow):  # type: ignore[no-untyped-def]
+            setting = dynamic.change_setting(uow, key, self._raw(model.type, form.value.data), actor())
+            setting.description = form.description.data or ""
+
+        return self._commit_change(change)
+
+    @staticmethod
+    def _raw(kind: str, text: str | None) -> Any:
+        return text or "" if kind == "string" else (text or "").strip()
+
+
+class FlagsView(_ChangeThroughDomain, Secured, ModelView):
+    can_delete = False
+    column_list = ["name", "enabled", "description", "updated_at", "updated_by", "version"]
+    column_default_sort = "name"
+    column_searchable_list = ["name"]
+    form_columns = ["name", "enabled", "description"]
+    form_overrides = {"enabled": BooleanField, "description": StringField}
+    form_args = {"name": {"validators": [DataRequired(), Length(max=200), Regexp(r"^[a-zA-Z0-9_.\-]+$")]}}
+
+    def on_form_prefill(self, form, id):  # type: ignore[no-untyped-def]
+        form.name.render_kw = {"readonly": True}
+
+    def create_model(self, form):  # type: ignore[no-untyped-def]
+        ok = self._commit_change(
+            lambda uow: dynamic.set_flag(uow, form.name.data, bool(form.enabled.data), actor(), form.description.data or "")
+        )
+        return self.get_one(form.name.data) if ok else False
+
+    def update_model(self, form, model):  # type: ignore[no-untyped-def]
+        name = model.name
+        return self._commit_change(
+            lambda uow: dynamic.set_flag(uow, name, bool(form.enabled.data), actor(), form.description.data or "")
+        )
+
+    @action("toggle", "Toggle", "Switch the selected flags?")
+    def action_toggle(self, ids: list[str]) -> None:
+        for name in ids:
+            flag = self.db.get(dynamic.FeatureFlag, name)
+            if flag is None:
+                abort(404)
+            enabled = not flag.enabled
+            self._commit_change(lambda uow, n=name, e=enabled: dynamic.set_flag(uow, n, e, actor()))
+        flash(f"{len(ids)} flags switched.", "success")
+
+
+class NodesView(ReadOnlyModelView):
+    column_default_sort = ("heartbeat_at", True)
+    column_list = ["kind", "host", "pid", "version", "started_at", "heartbeat_at", "stopped_at"]
+    column_details_list = ["id", "kind", "host", "pid", "version", "started_at", "heartbeat_at", "stopped_at", "info"]
+    column_formatters_detail = {"info": _pretty_json}
+    column_filters = ["kind"]
+
+
+__all__ = ["BaseView"]
