@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from flask import abort, current_app, flash, g, redirect, request, url_for
-from flask_admin import AdminIndexView, BaseView, expose
+from flask_admin import AdminIndexView, BaseView, expose, tools
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla.filters import BaseSQLAFilter, DateTimeBetweenFilter, FilterEqual
@@ -126,6 +126,7 @@ class ReadOnlyModelView(Secured, ModelView):
     can_delete = False
     can_view_details = True
     page_size = 50
+    named_filter_urls = True  # ?flt0_handler_equals=x rather than ?flt0_3=x, stable for links
 
 
 class EventLogView(ExactUuidSearch, ReadOnlyModelView):
@@ -242,8 +243,13 @@ class DeliveriesView(ReadOnlyModelView):
         """Ids of every delivery matching the list's current filters and search, all pages."""
         view_args = self._get_list_extra_args()
         filters = self._get_list_filter_args()
-        _, query = self.get_list(0, None, None, view_args.search, filters, execute=False, page_size=None)
+        # page_size=0: every page, not just the visible one
+        _, query = self.get_list(0, None, None, view_args.search, filters, execute=False, page_size=0)
         return [row.id for row in query.with_entities(Delivery.id)]
+
+    def _unknown_handlers(self, ids: list[int]) -> list[str]:
+        handlers = {h for (h,) in self.db.query(Delivery.handler).filter(Delivery.id.in_(ids)).distinct()}
+        return sorted(handlers - set(runtime().handlers))
 
     @expose("/retry-matching/", methods=["GET", "POST"])
     def retry_matching(self):  # type: ignore[no-untyped-def]
@@ -251,6 +257,9 @@ class DeliveriesView(ReadOnlyModelView):
         if request.method == "POST":
             count = deadletters.retry_dead(runtime(), ids=ids, statuses=deadletters.RETRYABLE) if ids else 0
             flash(f"{count} deliveries matching the filter enqueued again.", "success")
+            unknown = self._unknown_handlers(ids)
+            if unknown:
+                flash(f"Not retried: handlers this web process does not load: {', '.join(unknown)}.", "warning")
             return redirect(self.get_url(".index_view", **request.args))
         retryable = self.db.query(Delivery).filter(
             Delivery.id.in_(ids), Delivery.status.in_(deadletters.RETRYABLE)
@@ -302,22 +311,26 @@ class SettingsView(_ChangeThroughDomain, Secured, ModelView):
     form_overrides = {"value": TextAreaField, "type": SelectField}
     form_args = {
         "key": {"validators": [DataRequired(), Length(max=200), Regexp(r"^[a-zA-Z0-9_.\-]+$")]},
-        "type": {"choices": [(t, t) for t in dynamic.SETTING_TYPES]},
+        "type": {"choices": list(dynamic.SETTING_TYPES)},
         "value": {"description": "string: as is; integer: 42; boolean: true/false; json: any JSON"},
     }
-    form_widget_args = {"key": {"readonly": False}}
+
+    def edit_form(self, obj=None):  # type: ignore[no-untyped-def]
+        # The key and the type are fixed once created: the edit form changes value and description.
+        form = super().edit_form(obj)
+        del form.key
+        del form.type
+        return form
 
     def on_form_prefill(self, form, id):  # type: ignore[no-untyped-def]
         model = self.get_one(id)
         form.value.data = model.value if model.type == "string" else json.dumps(model.value)
-        form.key.render_kw = {"readonly": True}
-        form.type.render_kw = {"disabled": True}
 
     def create_model(self, form):  # type: ignore[no-untyped-def]
         ok = self._commit_change(lambda uow: dynamic.define_setting(
             uow, form.key.data, form.type.data, self._raw(form.type.data, form.value.data),
             form.description.data or "", actor()))
-        return self.get_one(form.key.data) if ok else False
+        return self.get_one(tools.escape(form.key.data)) if ok else False
 
     def update_model(self, form, model):  # type: ignore[no-untyped-def]
         key = model.key
@@ -342,14 +355,16 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
     form_overrides = {"enabled": BooleanField, "description": StringField}
     form_args = {"name": {"validators": [DataRequired(), Length(max=200), Regexp(r"^[a-zA-Z0-9_.\-]+$")]}}
 
-    def on_form_prefill(self, form, id):  # type: ignore[no-untyped-def]
-        form.name.render_kw = {"readonly": True}
+    def edit_form(self, obj=None):  # type: ignore[no-untyped-def]
+        form = super().edit_form(obj)
+        del form.name
+        return form
 
     def create_model(self, form):  # type: ignore[no-untyped-def]
         ok = self._commit_change(
             lambda uow: dynamic.set_flag(uow, form.name.data, bool(form.enabled.data), actor(), form.description.data or "")
         )
-        return self.get_one(form.name.data) if ok else False
+        return self.get_one(tools.escape(form.name.data)) if ok else False
 
     def update_model(self, form, model):  # type: ignore[no-untyped-def]
         name = model.name
@@ -359,7 +374,8 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
 
     @action("toggle", "Toggle", "Switch the selected flags?")
     def action_toggle(self, ids: list[str]) -> None:
-        for name in ids:
+        for encoded in ids:
+            name = tools.iterdecode(encoded)[0]  # Flask-Admin escapes "." in ids
             flag = self.db.get(dynamic.FeatureFlag, name)
             if flag is None:
                 abort(404)

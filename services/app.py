@@ -15,7 +15,7 @@ from shared.fastchannel import bounded_client
 
 def create_app(runtime: Runtime | None = None) -> Flask:
     """Build the Flask app around ``runtime`` (a new one from the environment if not given)."""
-    rt = runtime or bootstrap(import_handlers=False)
+    rt = runtime or bootstrap()
     app = Flask(__name__)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     http.install(app, rt)

@@ -50,19 +50,20 @@ def retry_dead(
     work). Only handlers this process knows can be retried; the others are left as they are."""
     known = sorted(runtime.handlers)
     wanted = [s for s in statuses if s in RETRYABLE]
-    total = 0
+    total, after = 0, 0
     while True:
         with runtime.engine.connect() as conn, conn.begin():
             rows = conn.execute(
                 sql.CLAIM_FOR_RETRY,
                 {"handler": handler, "event_type": event_type, "ids": list(ids) if ids else None,
-                 "known": known, "statuses": wanted, "limit": batch_size},
+                 "known": known, "statuses": wanted, "limit": batch_size, "after": after},
             ).all()
             if not rows:
                 return total
             send(runtime.broker, [(runtime.handlers[r.handler], envelope(r)) for r in rows])
             conn.execute(sql.MARK_REENQUEUED, {"ids": [r.delivery_id for r in rows]})
         total += len(rows)
+        after = rows[-1].delivery_id
 
 
 def resolve(runtime: Runtime, ids: Sequence[int], actor: str | None) -> int:

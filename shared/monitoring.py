@@ -92,8 +92,10 @@ def fast_channel(node_list: list[dict[str, Any]]) -> dict[str, Any]:
     if not states:
         return {"state": "unknown", "relays": 0}
     relay_stats = [n["info"].get("relay", {}) for n in relays]
+    names = {s.get("state", "connecting") for s in states}
+    state = "connected" if names == {"connected"} else ("degraded" if "degraded" in names else "connecting")
     return {
-        "state": "connected" if all(s.get("state") == "connected" for s in states) else "degraded",
+        "state": state,
         "relays": len(relays),
         "reconnects": sum(s.get("reconnects", 0) for s in states),
         "drains_by_notify": sum(r.get("drains_by_notify", 0) for r in relay_stats),

@@ -41,6 +41,8 @@ class Runtime:
             bounded_client(settings.redis_url, settings.notify_timeout),
             relay_channel(settings.redis_namespace),
         )
+        # shared.settings.get and shared.flags.is_enabled read through this process's runtime.
+        store.install(store.Store(self.session_factory))
 
     def unit_of_work(self) -> UnitOfWork:
         """A new unit of work; use it as a context manager and call ``commit()`` to save."""
@@ -101,6 +103,4 @@ def bootstrap(settings: Settings | None = None, *, import_handlers: bool = True)
     settings = settings or load_settings()
     if import_handlers:
         import_handler_modules(settings.handler_modules)
-    runtime = Runtime(settings, make_engine(settings), registered_handlers())
-    store.install(store.Store(runtime.session_factory))
-    return runtime
+    return Runtime(settings, make_engine(settings), registered_handlers())

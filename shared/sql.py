@@ -117,6 +117,7 @@ CLAIM_FOR_RETRY = text(
        AND (CAST(:handler AS text) IS NULL OR d.handler = :handler)
        AND (CAST(:event_type AS text) IS NULL OR o.event_type = :event_type)
        AND (CAST(:ids AS bigint[]) IS NULL OR d.id = ANY(CAST(:ids AS bigint[])))
+       AND d.id > :after  -- keyset pagination: a row re-enqueued by this run is not claimed again
      ORDER BY d.id
      LIMIT :limit
        FOR UPDATE OF d SKIP LOCKED

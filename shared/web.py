@@ -30,7 +30,8 @@ class _Stop(Exception):
 
 def serve(settings: Settings, *, host: str, port: int, threads: int = 8) -> int:
     """Serve until SIGTERM or SIGINT; requests in flight finish, then 0 is returned."""
-    runtime = bootstrap(settings, import_handlers=False)
+    # Handlers are imported too: the back office retries deliveries, which needs their queues.
+    runtime = bootstrap(settings)
     app = load_factory(settings.web_app)(runtime)
     server = create_server(app, host=host, port=port, threads=threads, ident="ozzy")
 

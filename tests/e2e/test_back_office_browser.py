@@ -1,0 +1,112 @@
+"""The back office in a real browser (Debian's Chromium driven by Playwright), against real web,
+relay and worker processes: log in, read the dashboard, filter the event log, flip a flag, retry a
+dead letter and see it succeed. Screenshots land in docs/img/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shared.accounts import create_user
+from tests.e2e.faults import open_accounts, writer
+from tests.e2e.procs import ROOT, ozzy_processes, process_env
+from tests.integration.helpers import scalar, wait_until
+from tests.servers import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+#: OZZY_SCREENSHOTS=1 refreshes the README's pictures; otherwise they go to a temporary folder.
+DOCS_SHOTS = ROOT / "docs" / "img"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not os.environ.get("OZZY_REQUIRE_BROWSER"),
+    reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+)
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_letter(clean_db, browser, tmp_path) -> None:
+    settings = clean_db
+    shots = DOCS_SHOTS if os.environ.get("OZZY_SCREENSHOTS") == "1" else tmp_path
+    w = writer(settings)
+    with w.session_factory() as session:
+        create_user(session, "operator", "a long passphrase")
+        session.commit()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(settings, PORT=str(port), OZZY_LOG_LEVEL="WARNING",
+                      OZZY_HANDLER_MODULES='["tests.handlers", "tests.browser_handlers", "workers.handlers"]')
+    with ozzy_processes(env, ["web", "--host", "127.0.0.1"], ["relay"], ["worker"]):
+        open_accounts(w, 12, "shown")
+        # The gated handler fails permanently while the flag is off: one dead letter per account
+        wait_until(lambda: scalar(w, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'dead'") == 12, timeout=60)
+        shots.mkdir(parents=True, exist_ok=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(15_000)
+
+        # Log in (every back-office page sends a stranger to the login page first)
+        page.goto(f"{base}/admin/")
+        assert "/admin/login" in page.url
+        page.fill("#username", "operator")
+        page.fill("#password", "a long passphrase")
+        page.click("#login")
+        page.wait_for_selector("#summary")
+        assert "browser.gated" in page.inner_text("#handlers")
+        page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+
+        # Filter the event log by type through the filter menu
+        page.goto(f"{base}/admin/events/")
+        page.click("text=Add Filter")
+        page.click("a.filter:has-text('Type')")
+        page.fill("input[name^='flt']", "test.deposit_audited")
+        page.click("button:has-text('Apply')")
+        page.wait_for_load_state()
+        types = page.locator("td.col-event_type").all_inner_texts()
+        assert types and set(t.strip() for t in types) == {"test.deposit_audited"}
+        page.screenshot(path=str(shots / "event-log.png"), full_page=True)
+
+        # Turn the flag on
+        page.goto(f"{base}/admin/flags/new/")
+        page.fill("#name", "browser.gate_open")
+        page.check("#enabled")
+        page.fill("#description", "lets the gated handler through")
+        page.click("input[type=submit][value='Save']")
+        page.wait_for_selector("text=browser.gate_open")
+        assert scalar(w, "SELECT enabled FROM ozzy_flags WHERE name = 'browser.gate_open'") is True
+        assert scalar(w, "SELECT metadata->>'actor' FROM ozzy_outbox WHERE event_type = 'ozzy.flag_changed'") == "user:operator"
+
+        # Retry every dead letter from the dead-letter view, after the confirmation
+        page.goto(f"{base}/admin/deadletters/")
+        page.click("#retry-matching")
+        assert "12 deliveries match" in page.inner_text("#retry-count")
+        page.click("#confirm-retry")
+        page.wait_for_selector("text=12 deliveries matching the filter enqueued again")
+        wait_until(lambda: scalar(w, "SELECT count(*) FROM test_side_effects WHERE handler = 'gated'") == 12, timeout=60)
+
+        # And the deliveries view, filtered to the gated handler, shows them done
+        page.goto(f"{base}/admin/deliveries/")
+        page.click("text=Add Filter")
+        page.click("a.filter:has-text('Handler')")
+        page.fill("input[name^='flt']", "browser.gated")
+        page.click("button:has-text('Apply')")
+        page.wait_for_load_state()
+        handlers = {h.strip() for h in page.locator("td.col-handler").all_inner_texts()}
+        statuses = [s.strip() for s in page.locator("td.col-status").all_inner_texts()]
+        assert handlers == {"browser.gated"} and statuses == ["done"] * 12, (handlers, statuses)
+        page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
+    w.close()
