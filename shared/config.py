@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     fast_channel_heartbeat: float = Field(2.0, gt=0)
     #: Every process records itself in ozzy_nodes this often.
     node_heartbeat: float = Field(5.0, gt=0)
+    #: This process's stable name, for durable cluster-listener checkpoints (default
+    #: ``<host>-<kind>``; give each process of the same kind on one host its own).
+    node_name: str | None = None
     # Write path: the after-commit wake-up may never hold a request longer than this.
     notify_timeout: float = Field(0.05, gt=0)
 

@@ -58,4 +58,5 @@ def send(
             pipe.publish(channel, json.dumps(env, separators=(",", ":")))
     now = int(time.time() * 1000)
     enqueue_pipelined(broker, pipe, [handler_message(spec, env, now) for spec, env in deliveries])
-    pipe.execute()
+    if len(pipe):
+        pipe.execute()

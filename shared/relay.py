@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import sql
+from shared.cluster import ClusterListener, start_listeners
 from shared.dispatch import envelope, send
 from shared.events import registered_event_types
 from shared.fastchannel import Subscriber, events_channel, relay_channel
@@ -60,6 +61,7 @@ class Relay:
         self.by_type = handlers_by_event_type(runtime.handlers.values())
         self.stats = RelayStats()
         self.node = Node(runtime.engine, "relay", self.status)
+        self.listeners: ClusterListener | None = None
         self._wake = threading.Event()
         self._reason = "poll"
         self._stopping = threading.Event()
@@ -105,12 +107,25 @@ class Relay:
                     sql.INSERT_PENDING,
                     {"event_ids": [e["event_id"] for _, e in deliveries], "handlers": [s.name for s, _ in deliveries]},
                 )
-            send(self.runtime.broker, deliveries, publish=envelopes, channel=self._events_channel)
+            send(self.runtime.broker, deliveries)
             if routable:
-                conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]})
+                conn.execute(sql.DISPATCH_LOCK)
+                positions = dict(conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]}).all())
         self.stats.dispatched += len(routable)
         self.stats.batches += 1
+        if routable:
+            self._announce(envelopes, positions)
         return len(rows)
+
+    def _announce(self, envelopes: list[dict[str, Any]], positions: dict[int, int]) -> None:
+        """After commit, publish each event with its dispatch position for live subscribers (every
+        node's cluster listeners); they read the log from their checkpoint if this is lost."""
+        for env in envelopes:
+            env["dispatch_seq"] = positions[env["position"]]
+        try:
+            send(self.runtime.broker, [], publish=envelopes, channel=self._events_channel)
+        except Exception as exc:  # noqa: BLE001 - a hint only; listeners poll the log
+            log.warning("could not announce %d events on the fast channel: %s", len(envelopes), exc)
 
     def _park(self, conn: Connection, rows: list[Any]) -> None:
         for row in rows:
@@ -142,7 +157,10 @@ class Relay:
             log.warning("housekeeping failed, retrying at the next sweep: %s", exc)
 
     def status(self) -> dict[str, Any]:
-        return {"relay": asdict(self.stats), "fast_channel": self.subscriber.status()}
+        status = {"relay": asdict(self.stats), "fast_channel": self.subscriber.status()}
+        if self.listeners is not None:
+            status["listeners"] = self.listeners.status()
+        return status
 
     # --- running as a process -------------------------------------------------------------------
 
@@ -151,8 +169,10 @@ class Relay:
         self._reason = reason
         self._wake.set()
 
-    def start(self) -> None:
+    def start(self, listeners: bool = True) -> None:
         """Register the node, then start the drain loop, the subscriber and the scheduled jobs."""
+        if listeners:
+            self.listeners = start_listeners(self.runtime, "relay")
         self.node.register()
         self.unpark_known()
         self._drain_thread = threading.Thread(target=self._drain_loop, name="ozzy-relay-drain", daemon=True)
@@ -181,6 +201,8 @@ class Relay:
         self.subscriber.stop()
         if self._drain_thread is not None:
             self._drain_thread.join(timeout)
+        if self.listeners is not None:
+            self.listeners.stop()
         self.node.stopped()
 
     def _drain_loop(self) -> None:

@@ -32,7 +32,22 @@ INSERT_PENDING = text(
     """
 )
 
-MARK_DISPATCHED = text("UPDATE ozzy_outbox SET dispatched_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))")
+#: Taken right before positions are assigned and held until commit (transaction-scoped): relays
+#: commit their batches one at a time in position order, so a reader following
+#: ``dispatch_seq > checkpoint`` can never see position N+1 before N is committed.
+DISPATCH_LOCK = text("SELECT pg_advisory_xact_lock(7305214102011)")
+
+#: Marks a batch dispatched and numbers it in id order within the batch.
+MARK_DISPATCHED = text(
+    """
+    UPDATE ozzy_outbox o
+       SET dispatched_at = now(), dispatch_seq = s.seq
+      FROM (SELECT id, nextval('ozzy_dispatch_seq') AS seq
+              FROM (SELECT unnest(CAST(:ids AS bigint[])) AS id ORDER BY 1) ordered) s
+     WHERE o.id = s.id
+    RETURNING o.id, o.dispatch_seq
+    """
+)
 
 #: A row whose event type this code version does not know is set aside, not dropped: a newer
 #: version may have handlers for it. It stays undispatched, so nothing is lost.

@@ -44,11 +44,17 @@ outbox = Table(
     # A row this code version cannot route (unknown event type) waits here until retried.
     Column("parked_at", DateTime(timezone=True)),
     Column("park_reason", Text),
+    #: Position in dispatch order, given by the relay under a lock at commit: a reader that follows
+    #: ``dispatch_seq > checkpoint`` never skips a row, whatever order the business writes committed in.
+    Column("dispatch_seq", BigInteger),
     # The relay's claim scans only this small index, however long the log grows.
     Index(
         "ix_ozzy_outbox_undispatched", "id", postgresql_where=text("dispatched_at IS NULL AND parked_at IS NULL")
     ),
     Index("ix_ozzy_outbox_parked", "event_type", postgresql_where=text("parked_at IS NOT NULL")),
+    Index(
+        "ix_ozzy_outbox_dispatch_seq", "dispatch_seq", unique=True, postgresql_where=text("dispatch_seq IS NOT NULL")
+    ),
     Index("ix_ozzy_outbox_aggregate", "aggregate_type", "aggregate_id"),
     Index("ix_ozzy_outbox_correlation", "correlation_id"),
     Index("ix_ozzy_outbox_causation", "causation_id"),

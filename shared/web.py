@@ -10,6 +10,7 @@ from typing import Any
 from waitress.server import create_server
 
 from shared.errors import ConfigurationError
+from shared.process import ProcessLife
 from shared.runtime import bootstrap
 from shared.config import Settings
 
@@ -40,6 +41,8 @@ def serve(settings: Settings, *, host: str, port: int, threads: int = 8) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    life = ProcessLife(runtime, "web", lambda: {"url": f"http://{host}:{port}/"})
+    life.start()
     log.info("web listening on http://%s:%d/", host, port)
     try:
         server.run()
@@ -47,5 +50,6 @@ def serve(settings: Settings, *, host: str, port: int, threads: int = 8) -> int:
         log.info("web stopping")
     finally:
         server.close()
+        life.stop()
         runtime.close()
     return 0

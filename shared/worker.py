@@ -11,10 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from datetime import timezone
-
 import dramatiq
-from apscheduler.schedulers.background import BackgroundScheduler
 from dramatiq import Middleware
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm.exc import StaleDataError
@@ -23,7 +20,7 @@ from shared import sql
 from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
 from shared.events import StoredEvent, causal_context, decode
 from shared.handlers import HandlerSpec
-from shared.nodes import Node
+from shared.process import ProcessLife
 from shared.tables import (
     DEAD,
     INVALID_PAYLOAD,
@@ -146,8 +143,8 @@ def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | N
         worker_threads=threads or runtime.settings.worker_threads,
         worker_timeout=runtime.settings.worker_idle_ms,
     )
-    node = Node(
-        runtime.engine,
+    life = ProcessLife(
+        runtime,
         "worker",
         lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads, "queues": sorted(queues or [])},
     )
@@ -155,15 +152,11 @@ def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | N
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.start()
-    node.register()
-    scheduler = BackgroundScheduler(timezone=timezone.utc)
-    scheduler.add_job(node.heartbeat, "interval", seconds=runtime.settings.node_heartbeat, max_instances=1, coalesce=True)
-    scheduler.start()
+    life.start()
     log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")
-    scheduler.shutdown(wait=False)
     worker.stop(timeout=runtime.settings.time_limit_ms)
-    node.stopped()
+    life.stop()
     runtime.close()
     return 0
