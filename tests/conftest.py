@@ -42,7 +42,7 @@ def clean_db(settings: Settings) -> Iterator[Settings]:
             text(
                 "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
                 " loan_notifications, loan_applications, ozzy_nodes, ozzy_settings, ozzy_flags,"
-                " ozzy_api_tokens, ozzy_users CASCADE"
+                " ozzy_api_tokens, ozzy_users, ozzy_checkpoints, test_sightings CASCADE"
             )
         )
     engine.dispose()

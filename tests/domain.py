@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from pydantic import BaseModel
-from sqlalchemy import ForeignKey, Numeric, String, Text
+from sqlalchemy import DateTime, ForeignKey, Numeric, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared import Aggregate, Base, Event
@@ -67,3 +67,15 @@ class SideEffect(Base):
     handler: Mapped[str] = mapped_column(Text)
     event_key: Mapped[str] = mapped_column(Text)
     account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("test_accounts.id"), nullable=True)
+
+
+class Sighting(Base):
+    """One row per (process, event) a cluster-wide test listener saw; ``id`` order is the order seen."""
+
+    __tablename__ = "test_sightings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node: Mapped[str] = mapped_column(Text)
+    event_id: Mapped[uuid.UUID]
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))

@@ -217,7 +217,7 @@ def _create_test_tables(settings: Settings) -> None:
     from tests import domain
 
     engine = create_engine(settings.sqlalchemy_url, poolclass=NullPool)
-    Base.metadata.create_all(engine, tables=[domain.Account.__table__, domain.SideEffect.__table__])
+    Base.metadata.create_all(engine, tables=[domain.Account.__table__, domain.SideEffect.__table__, domain.Sighting.__table__])
     engine.dispose()
 
 

@@ -1,0 +1,164 @@
+"""The cluster: every process hears cluster-wide events, in order, once; flags reach every process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+import redis
+
+from shared.accounts import create_token, create_user
+from tests.e2e.faults import fault_env, open_accounts, report, writer
+from tests.e2e.procs import OzzyProcess
+from tests.integration.helpers import scalar, wait_until
+from tests.servers import free_port, private_redis, provisioned
+
+MODULES = '["tests.handlers", "tests.cluster_listeners"]'
+NODES = ("web-1", "relay-1", "worker-1")
+
+
+@pytest.fixture
+def redis_server():
+    with private_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(database_server_url, redis_server):
+    with provisioned(database_server_url, redis_server.url) as s:
+        yield s
+
+
+def cut_pubsub(url: str, stop: threading.Event) -> None:
+    """Keep killing every pub/sub connection until told to stop: the fast channel is down."""
+    client = redis.Redis.from_url(url)
+    while not stop.is_set():
+        client.client_kill_filter(_type="pubsub")
+        stop.wait(0.05)
+    client.close()
+
+
+def start_node(settings, name: str, command: list[str], **extra: str) -> OzzyProcess:
+    return OzzyProcess(command, fault_env(settings, OZZY_HANDLER_MODULES=MODULES, OZZY_NODE_NAME=name, **extra))
+
+
+def sightings(runtime) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = defaultdict(list)
+    with runtime.engine.connect() as conn:
+        for node, event_id in conn.exec_driver_sql("SELECT node, event_id::text FROM test_sightings WHERE detail IS NULL ORDER BY id"):
+            seen[node].append(event_id)
+    return seen
+
+
+def test_three_processes_see_every_event_once_and_in_order_through_a_pubsub_cut_and_a_restart(settings, redis_server) -> None:
+    w = writer(settings)
+    port = free_port()
+    procs = [start_node(settings, "web-1", ["web", "--host", "127.0.0.1"], PORT=str(port)),
+             start_node(settings, "relay-1", ["relay"]), start_node(settings, "worker-1", ["worker"])]
+    try:
+        wait_until(lambda: scalar(w, "SELECT count(DISTINCT kind) FROM ozzy_nodes WHERE stopped_at IS NULL") == 3, timeout=60)
+        stop_cut = threading.Event()
+        cutter = threading.Thread(target=cut_pubsub, args=(redis_server.url, stop_cut))
+        open_accounts(w, 100, "before")
+        cutter.start()  # pub/sub cut while 100 more are written
+        open_accounts(w, 100, "during")
+        stop_cut.set()
+        cutter.join()
+        # The worker stops (SIGTERM) and misses 50 events; restarted, it resumes from its checkpoint
+        assert procs[2].terminate() == 0
+        open_accounts(w, 50, "while-down")
+        procs[2] = start_node(settings, "worker-1", ["worker"])
+        open_accounts(w, 50, "after")
+        wait_until(lambda: all(len(sightings(w).get(n, [])) >= 300 for n in NODES), timeout=90)
+        time.sleep(1.5)  # a duplicate, if any, would land now
+        with w.engine.connect() as conn:
+            in_log_order = [r[0] for r in conn.exec_driver_sql(
+                "SELECT aggregate_id FROM ozzy_outbox WHERE event_type = 'test.account_opened' ORDER BY dispatch_seq")]
+        seen = sightings(w)
+        for node in NODES:
+            assert seen[node] == in_log_order, f"{node} saw {len(seen[node])} events, or out of order"
+        report("cluster_listeners", processes=3, events=len(in_log_order), pubsub_cut_events=100,
+               missed_while_stopped=50, per_node={n: len(seen[n]) for n in NODES})
+    finally:
+        for p in procs:
+            p.terminate()
+        w.close()
+
+
+def test_a_flag_flipped_through_the_api_reaches_every_process_fast_and_by_poll_without_pubsub(settings, redis_server) -> None:
+    w = writer(settings)
+    with w.session_factory() as session:
+        user = create_user(session, "ops", "correct horse battery")
+        _, token = create_token(session, user, "cluster-test")
+        session.commit()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    procs = [start_node(settings, "web-1", ["web", "--host", "127.0.0.1"], PORT=str(port)),
+             start_node(settings, "relay-1", ["relay"]), start_node(settings, "worker-1", ["worker"])]
+    try:
+        wait_until(lambda: scalar(w, "SELECT count(DISTINCT kind) FROM ozzy_nodes WHERE stopped_at IS NULL") == 3, timeout=60)
+        wait_until(lambda: _listeners_connected(w) == 3, timeout=30)
+
+        def flip(enabled: bool) -> dict[str, float]:
+            status, _ = _put_flag(base, token, enabled)
+            assert status == 200
+            expected = f"checkout.v2={enabled}"
+            wait_until(lambda: _flag_sightings(w, expected) == 3, timeout=10, interval=0.01)
+            return _latencies(w, expected)
+
+        fast = flip(True)
+        stop_cut = threading.Event()
+        cutter = threading.Thread(target=cut_pubsub, args=(redis_server.url, stop_cut))
+        cutter.start()
+        time.sleep(0.3)
+        try:
+            slow = flip(False)
+        finally:
+            stop_cut.set()
+            cutter.join()
+        interval = 1.0
+        report("flag_propagation", fast_channel_ms={k: round(v * 1000, 1) for k, v in fast.items()},
+               pubsub_cut_ms={k: round(v * 1000, 1) for k, v in slow.items()})
+        assert max(fast.values()) < 0.100, fast
+        # Without pub/sub the relay finds the event by its poll and each process by its own: at most
+        # one interval each.
+        assert max(slow.values()) < 2 * interval + 0.5, slow
+    finally:
+        for p in procs:
+            p.terminate()
+        w.close()
+
+
+def _put_flag(base: str, token: str, enabled: bool):  # type: ignore[no-untyped-def]
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{base}/api/flags/checkout.v2", json.dumps({"enabled": enabled}).encode(),
+                                     {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                                     method="PUT")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def _flag_sightings(runtime, detail: str) -> int:
+    return scalar(runtime, "SELECT count(DISTINCT node) FROM test_sightings WHERE detail = :d", d=detail)
+
+
+def _latencies(runtime, detail: str) -> dict[str, float]:
+    """Per process: from the change event's time in the log to the process seeing the new value."""
+    enabled = detail.endswith("True")
+    with runtime.engine.connect() as conn:
+        occurred = conn.exec_driver_sql(
+            "SELECT occurred_at FROM ozzy_outbox WHERE event_type = 'ozzy.flag_changed'"
+            " AND (payload->>'enabled')::boolean = %s ORDER BY id DESC LIMIT 1", (enabled,)).scalar()
+        rows = conn.exec_driver_sql("SELECT node, seen_at FROM test_sightings WHERE detail = %s", (detail,)).all()
+    return {node: (seen - occurred).total_seconds() for node, seen in rows}
+
+
+def _listeners_connected(runtime) -> int:
+    return scalar(runtime, "SELECT count(*) FROM ozzy_nodes WHERE stopped_at IS NULL"
+                           " AND info->'listeners'->'fast_channel'->>'state' = 'connected'")
+
+
