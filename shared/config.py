@@ -62,6 +62,17 @@ class Settings(BaseSettings):
     # Write path: the after-commit wake-up may never hold a request longer than this.
     notify_timeout: float = Field(0.05, gt=0)
 
+    # Retention (run by the relay holding the housekeeping lease)
+    #: Dispatched events older than this many days are deleted; unset keeps the log forever (it is
+    #: the audit trail). Deleting an event deletes its deliveries.
+    outbox_retention_days: float | None = Field(None, gt=0)
+    #: Completed (done or resolved) deliveries older than this many days are deleted.
+    delivery_retention_days: float = Field(7.0, gt=0)
+    #: Rows deleted per statement, so pruning never holds long locks or stalls the relay.
+    retention_batch: int = Field(1000, ge=1)
+    #: A node whose heartbeat is older than this many seconds is marked gone.
+    node_gone_after: float = Field(60.0, gt=0)
+
     # Handlers: project-wide retry defaults, each overridable per handler
     max_retries: int = Field(5, ge=0)
     min_backoff_ms: int = Field(500, ge=1)

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import sql
+from shared.chores import Lease, run_retention
 from shared.cluster import ClusterListener, start_listeners
 from shared.dispatch import envelope, send
 from shared.events import registered_event_types
@@ -62,6 +63,7 @@ class Relay:
         self.stats = RelayStats()
         self.node = Node(runtime.engine, "relay", self.status)
         self.listeners: ClusterListener | None = None
+        self.lease = Lease(runtime.engine)
         self._wake = threading.Event()
         self._reason = "poll"
         self._stopping = threading.Event()
@@ -147,17 +149,23 @@ class Relay:
         return count
 
     def housekeeping(self) -> None:
-        """Redeliver what Redis lost and recover dead workers' messages."""
+        """On the one relay holding the lease: redeliver what Redis lost, recover dead workers'
+        messages, prune old deliveries (and events, if configured), mark silent nodes gone."""
+        if not self.lease.acquire():
+            return
         try:
             self.stats.redelivered += redeliver_stale(
                 self.runtime, self.runtime.handlers, older_than=self.settings.redelivery_after
             )
             recover_dead_workers(self.runtime.broker, {spec.queue for spec in self.runtime.handlers.values()})
+            pruned = run_retention(self.runtime.engine, self.settings)
+            if any(pruned.values()):
+                log.info("housekeeping: %s", pruned)
         except Exception as exc:  # noqa: BLE001 - housekeeping retries at its next run
             log.warning("housekeeping failed, retrying at the next sweep: %s", exc)
 
     def status(self) -> dict[str, Any]:
-        status = {"relay": asdict(self.stats), "fast_channel": self.subscriber.status()}
+        status = {"relay": asdict(self.stats), "fast_channel": self.subscriber.status(), "leader": self.lease.held}
         if self.listeners is not None:
             status["listeners"] = self.listeners.status()
         return status
@@ -203,6 +211,7 @@ class Relay:
             self._drain_thread.join(timeout)
         if self.listeners is not None:
             self.listeners.stop()
+        self.lease.release()
         self.node.stopped()
 
     def _drain_loop(self) -> None:

@@ -11,7 +11,7 @@ import redis
 
 from shared.accounts import create_token, create_user
 from tests.e2e.faults import fault_env, open_accounts, report, writer
-from tests.e2e.procs import OzzyProcess
+from tests.e2e.procs import OzzyProcess, ozzy_processes
 from tests.integration.helpers import scalar, wait_until
 from tests.servers import free_port, private_redis, provisioned
 
@@ -162,3 +162,38 @@ def _listeners_connected(runtime) -> int:
                            " AND info->'listeners'->'fast_channel'->>'state' = 'connected'")
 
 
+
+
+def test_housekeeping_runs_on_one_relay_and_passes_to_the_other_within_seconds_of_a_sigkill(settings) -> None:
+    w = writer(settings)
+    relays = [OzzyProcess(["relay"], fault_env(settings, OZZY_NODE_NAME=f"relay-{i}")) for i in (1, 2)]
+    try:
+        wait_until(lambda: _leaders(w) == 1 and _relays(w) == 2, timeout=60)
+        time.sleep(2)
+        assert _leaders(w) == 1, "exactly one relay holds the housekeeping lease"
+        leader_pid = scalar(w, "SELECT pid FROM ozzy_nodes WHERE kind = 'relay' AND (info->>'leader')::boolean")
+        leader = next(p for p in relays if p.proc.pid == leader_pid)
+        leader.kill()
+        killed = time.monotonic()
+        wait_until(lambda: scalar(w, "SELECT count(*) FROM ozzy_nodes WHERE kind = 'relay' AND pid <> :p"
+                                     " AND (info->>'leader')::boolean", p=leader_pid) == 1, timeout=30, interval=0.1)
+        takeover = time.monotonic() - killed
+        # and the pipeline still works through the survivor
+        open_accounts(w, 10, "after-takeover")
+        with ozzy_processes(fault_env(settings), ["worker"]):
+            wait_until(lambda: scalar(w, "SELECT count(*) FROM test_side_effects WHERE handler = 'audit'") == 10, timeout=60)
+        report("singleton_lease_takeover", takeover_s=round(takeover, 2), sweep_interval_s=1)
+        assert takeover < 10
+    finally:
+        for p in relays:
+            p.terminate()
+        w.close()
+
+
+def _leaders(runtime) -> int:
+    return scalar(runtime, "SELECT count(*) FROM ozzy_nodes WHERE kind = 'relay' AND stopped_at IS NULL"
+                           " AND (info->>'leader')::boolean")
+
+
+def _relays(runtime) -> int:
+    return scalar(runtime, "SELECT count(*) FROM ozzy_nodes WHERE kind = 'relay' AND stopped_at IS NULL")

@@ -25,6 +25,12 @@ def upgrade() -> None:
         "ix_ozzy_outbox_dispatch_seq", "ozzy_outbox", ["dispatch_seq"], unique=True,
         postgresql_where=sa.text("dispatch_seq IS NOT NULL"),
     )
+    # Retention deletes completed deliveries by age; this index holds only those.
+    op.create_index(
+        "ix_ozzy_deliveries_completed", "ozzy_deliveries", ["completed_at"],
+        postgresql_where=sa.text("status IN ('done', 'resolved')"),
+    )
+    op.create_index("ix_ozzy_nodes_stopped", "ozzy_nodes", ["stopped_at"])
     op.create_table(
         "ozzy_checkpoints",
         sa.Column("name", sa.Text, primary_key=True),
@@ -35,6 +41,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("ozzy_checkpoints")
+    op.drop_index("ix_ozzy_nodes_stopped", table_name="ozzy_nodes")
+    op.drop_index("ix_ozzy_deliveries_completed", table_name="ozzy_deliveries")
     op.drop_index("ix_ozzy_outbox_dispatch_seq", table_name="ozzy_outbox")
     op.drop_column("ozzy_outbox", "dispatch_seq")
     op.execute("DROP SEQUENCE ozzy_dispatch_seq")
