@@ -18,10 +18,10 @@ from sqlalchemy import select
 
 from admin.auth import actor, user_for_token
 from admin.db import db_session
-from admin.models import Delivery, OutboxEvent
+from admin.models import Delivery, NodeRow, OutboxEvent
 from admin.views import caused_chain
 from shared.http import BadRequest
-from shared import deadletters, dynamic, monitoring
+from shared import control, deadletters, dynamic, monitoring
 from shared.errors import ConcurrencyError
 from shared.events import causal_context
 
@@ -336,3 +336,38 @@ def put_flag(name: str):  # type: ignore[no-untyped-def]
         raise BadRequest("description must be a string", fields={"description": "not a string"})
     flag = _change(lambda uow: dynamic.set_flag(uow, name, body["enabled"], actor(), description))
     return jsonify(_flag_json(flag))
+
+
+def _command(command: str, target: str | None) -> dict[str, Any]:
+    with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
+        with runtime().unit_of_work() as uow:
+            control.issue(uow, command, target, actor())  # type: ignore[arg-type]
+            uow.commit()
+    return {"command": command, "target": target, "issued": True}
+
+
+@bp.post("/handlers/<name>/<any(pause, resume):verb>")
+def handler_command(name: str, verb: str):  # type: ignore[no-untyped-def]
+    """Pause or resume a handler on every worker: its messages wait in Redis meanwhile."""
+    if name not in runtime().handlers:
+        raise BadRequest("no such handler", status=404, code="not_found")
+    return jsonify(_command(f"{verb}_handler", name)), 202
+
+
+@bp.post("/relay/<any(pause, resume):verb>")
+def relay_command(verb: str):  # type: ignore[no-untyped-def]
+    """Pause or resume dispatching on every relay: events wait in the outbox meanwhile."""
+    return jsonify(_command(f"{verb}_relay", None)), 202
+
+
+@bp.post("/nodes/<node_id>/stop")
+def node_stop(node_id: str):  # type: ignore[no-untyped-def]
+    """Ask one node to finish what it is doing and exit (as on SIGTERM)."""
+    try:
+        key = uuid.UUID(node_id)
+    except ValueError:
+        raise BadRequest("no such node", status=404, code="not_found") from None
+    node = db_session().get(NodeRow, key)
+    if node is None or node.stopped_at is not None:
+        raise BadRequest("no such running node", status=404, code="not_found")
+    return jsonify(_command("drain_stop", str(key))), 202

@@ -18,8 +18,9 @@ from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Regexp
 
 from admin.auth import actor
+from admin.db import db_session
 from admin.models import Delivery, OutboxEvent
-from shared import deadletters, dynamic, monitoring
+from shared import control, deadletters, dynamic, monitoring
 from shared.events import causal_context
 
 
@@ -46,7 +47,27 @@ class DashboardView(Secured, AdminIndexView):
     @expose("/")
     def index(self):  # type: ignore[no-untyped-def]
         status = monitoring.status(runtime().engine, sorted(runtime().handlers))
-        return self.render("admin/dashboard.html", status=status, chart=events_chart(status["events_per_minute"]))
+        paused = set(self._setting(control.PAUSED_HANDLERS, []))
+        return self.render("admin/dashboard.html", status=status, chart=events_chart(status["events_per_minute"]),
+                           paused_handlers=paused, relay_paused=bool(self._setting(control.RELAY_PAUSED, False)))
+
+    def _setting(self, key: str, default: Any) -> Any:
+        row = db_session().get(dynamic.Setting, key)
+        return row.value if row is not None else default
+
+    @expose("/control/", methods=["POST"])
+    def control_command(self):  # type: ignore[no-untyped-def]
+        """Pause or resume a handler or the relay, or drain and stop a node; CSRF-protected form."""
+        command, target = request.form.get("command", ""), request.form.get("target") or None
+        allowed = {"pause_handler", "resume_handler", "pause_relay", "resume_relay", "drain_stop"}
+        if command not in allowed or (command.endswith("_handler") and target not in runtime().handlers):
+            abort(400)
+        with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
+            with runtime().unit_of_work() as uow:
+                control.issue(uow, command, target, actor())  # type: ignore[arg-type]
+                uow.commit()
+        flash(f"Sent {command.replace('_', ' ')} {target or ''} to the cluster.", "success")
+        return redirect(url_for(".index"))
 
 
 def events_chart(per_minute: list[dict[str, Any]]) -> Markup:

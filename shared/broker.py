@@ -84,6 +84,9 @@ class WakeListener:
         for event in events:
             event.set()
 
+    def wake_all(self) -> None:
+        self._wake_all()
+
     def _wake_all(self) -> None:
         with self._lock:
             events = [e for group in self._events.values() for e in group]
@@ -105,6 +108,8 @@ class _QuickWakeConsumer(_RedisConsumer):
         self.wake = self._listener.register(queue_name)
 
     def __next__(self):  # type: ignore[no-untyped-def]
+        if self.queue_name in self.broker.paused_queues:
+            return self._paused()
         # Clear before fetching: a wake-up published after this point is never missed.
         if not self.message_cache:
             self.wake.clear()
@@ -121,6 +126,19 @@ class _QuickWakeConsumer(_RedisConsumer):
             # Either Redis had nothing, or prefetch is full; a publication or an ack ends the wait.
             self.wake.wait(self.idle_timeout)
         return message
+
+    def _paused(self) -> None:
+        """A paused handler's queue: hand prefetched messages back to Redis and fetch nothing."""
+        if self.message_cache:
+            ids = [Message.decode(data).options["redis_message_id"] for data in self.message_cache]
+            self.message_cache = []
+            self.broker.do_requeue(self.queue_name, *ids)
+        if time.monotonic() - self._last_beat > self._beat_every:
+            self.broker.do_qsize(self.queue_name)  # stay alive in Dramatiq's heartbeat set
+            self._last_beat = time.monotonic()
+        self.wake.wait(self.idle_timeout)
+        self.wake.clear()
+        return None
 
     def ack(self, message):  # type: ignore[no-untyped-def]
         try:
@@ -145,6 +163,8 @@ class OzzyBroker(RedisBroker):
     def __init__(self, *, client: redis.Redis, namespace: str, middleware: list[Middleware], **kw: Any) -> None:
         super().__init__(client=client, namespace=namespace, middleware=middleware, **kw)
         self.wake_listener = WakeListener(client, namespace)
+        #: Queues whose handlers an operator paused: their consumers fetch nothing.
+        self.paused_queues: set[str] = set()
 
     @property
     def consumer_class(self):  # type: ignore[no-untyped-def]

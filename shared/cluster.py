@@ -209,6 +209,7 @@ def start_listeners(runtime: Any, kind: str) -> ClusterListener:
     """Start this process's cluster listeners (settings and flags cache included)."""
     import socket
 
+    import shared.control  # noqa: F401  (registers the control-command listener)
     import shared.store  # noqa: F401  (registers the settings and flags cache listener)
 
     name = runtime.settings.node_name or f"{socket.gethostname()}-{kind}"

@@ -23,9 +23,12 @@ class ProcessLife:
         self._scheduler: BackgroundScheduler | None = None
 
     def status(self) -> dict[str, Any]:
+        from shared import control
+
         status = dict(self._info())
         if self.listeners is not None:
             status["listeners"] = self.listeners.status()
+        status["commands"] = control.acknowledged()
         return status
 
     def start(self) -> None:

@@ -25,7 +25,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from shared import sql
+from shared import control, sql
+from shared import settings as shared_settings
 from shared.chores import Lease, run_retention
 from shared.cluster import ClusterListener, start_listeners
 from shared.dispatch import envelope, send
@@ -37,6 +38,9 @@ from shared.runtime import Runtime
 from shared.sweep import recover_dead_workers, redeliver_stale
 
 log = logging.getLogger(__name__)
+
+#: Event types a paused relay still dispatches (see sql.CLAIM_CONTROL_BATCH).
+CONTROL_PLANE = ("ozzy.control_command", "ozzy.setting_changed", "ozzy.flag_changed")
 
 
 @dataclass
@@ -64,6 +68,8 @@ class Relay:
         self.node = Node(runtime.engine, "relay", self.status)
         self.listeners: ClusterListener | None = None
         self.lease = Lease(runtime.engine)
+        #: An operator paused dispatching: events wait in the outbox.
+        self.paused = False
         self._wake = threading.Event()
         self._reason = "poll"
         self._stopping = threading.Event()
@@ -96,7 +102,12 @@ class Relay:
     def dispatch_batch(self) -> int:
         """Claim, send and mark one batch in one transaction; return the number of rows claimed."""
         with self.runtime.engine.connect() as conn, conn.begin():
-            rows = conn.execute(sql.CLAIM_BATCH, {"limit": self.settings.batch_size}).all()
+            if self.paused:
+                rows = conn.execute(
+                    sql.CLAIM_CONTROL_BATCH, {"limit": self.settings.batch_size, "types": list(CONTROL_PLANE)}
+                ).all()
+            else:
+                rows = conn.execute(sql.CLAIM_BATCH, {"limit": self.settings.batch_size}).all()
             if not rows:
                 return 0
             known = registered_event_types()
@@ -165,12 +176,20 @@ class Relay:
             log.warning("housekeeping failed, retrying at the next sweep: %s", exc)
 
     def status(self) -> dict[str, Any]:
-        status = {"relay": asdict(self.stats), "fast_channel": self.subscriber.status(), "leader": self.lease.held}
+        status = {"relay": asdict(self.stats), "fast_channel": self.subscriber.status(), "leader": self.lease.held,
+                  "paused": self.paused, "commands": control.acknowledged()}
         if self.listeners is not None:
             status["listeners"] = self.listeners.status()
         return status
 
     # --- running as a process -------------------------------------------------------------------
+
+    def _pause(self) -> None:
+        self.paused = True
+
+    def _resume(self) -> None:
+        self.paused = False
+        self.wake("notify")
 
     def wake(self, reason: str = "notify") -> None:
         """Ask for a drain as soon as the current one (if any) ends."""
@@ -180,7 +199,9 @@ class Relay:
     def start(self, listeners: bool = True) -> None:
         """Register the node, then start the drain loop, the subscriber and the scheduled jobs."""
         if listeners:
+            control.install(control.Controls(self.node, pause_relay=self._pause, resume_relay=self._resume))
             self.listeners = start_listeners(self.runtime, "relay")
+            self.paused = bool(shared_settings.get(control.RELAY_PAUSED, False))
         self.node.register()
         self.unpark_known()
         self._drain_thread = threading.Thread(target=self._drain_loop, name="ozzy-relay-drain", daemon=True)

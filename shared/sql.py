@@ -20,6 +20,20 @@ CLAIM_BATCH = text(
     """
 )
 
+#: While an operator has paused the relay, only the control plane moves (commands, settings and
+#: flag changes), so the command that resumes the relay can reach it.
+CLAIM_CONTROL_BATCH = text(
+    """
+    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
+           payload, metadata, occurred_at
+      FROM ozzy_outbox
+     WHERE dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))
+     ORDER BY id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+    """
+)
+
 #: Pending deliveries are recorded in the same transaction that marks the rows dispatched, so
 #: PostgreSQL knows of every message Redis was given. ``DO NOTHING``: a worker may already have
 #: completed the pair (a message from an earlier attempt whose commit failed).

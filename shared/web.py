@@ -10,6 +10,7 @@ from typing import Any
 from waitress.server import create_server
 
 from shared.errors import ConfigurationError
+from shared import control
 from shared.process import ProcessLife
 from shared.runtime import bootstrap
 from shared.config import Settings
@@ -42,6 +43,7 @@ def serve(settings: Settings, *, host: str, port: int, threads: int = 8) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
     life = ProcessLife(runtime, "web", lambda: {"url": f"http://{host}:{port}/"})
+    control.install(control.Controls(life.node))
     life.start()
     log.info("web listening on http://%s:%d/", host, port)
     try:

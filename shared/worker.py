@@ -20,6 +20,8 @@ from shared import sql
 from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
 from shared.events import StoredEvent, causal_context, decode
 from shared.handlers import HandlerSpec
+from shared import control
+from shared import settings as shared_settings
 from shared.process import ProcessLife
 from shared.tables import (
     DEAD,
@@ -133,6 +135,18 @@ def dead_reason(exception: BaseException) -> str:
     return RETRIES_EXHAUSTED
 
 
+def _install_controls(runtime: Any, broker: Any, life: ProcessLife) -> None:
+    def pause(name: str) -> None:
+        broker.paused_queues.add(runtime.handlers[name].queue)
+
+    def resume(name: str) -> None:
+        broker.paused_queues.discard(runtime.handlers[name].queue)
+        broker.wake_listener.wake_all()
+
+    control.install(control.Controls(life.node, handlers=lambda: set(runtime.handlers), pause_handler=pause,
+                                     resume_handler=resume))
+
+
 def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | None = None) -> int:
     """Consume every handler queue (or ``queues``) until SIGTERM or SIGINT, then finish in-flight
     messages, hand back prefetched ones and return 0."""
@@ -146,13 +160,18 @@ def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | N
     life = ProcessLife(
         runtime,
         "worker",
-        lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads, "queues": sorted(queues or [])},
+        lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads,
+                 "queues": sorted(queues or []), "paused_queues": sorted(broker.paused_queues)},
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.start()
+    _install_controls(runtime, broker, life)
     life.start()
+    for name in shared_settings.get(control.PAUSED_HANDLERS, []):
+        if name in runtime.handlers:
+            broker.paused_queues.add(runtime.handlers[name].queue)
     log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")

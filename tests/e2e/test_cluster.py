@@ -197,3 +197,63 @@ def _leaders(runtime) -> int:
 
 def _relays(runtime) -> int:
     return scalar(runtime, "SELECT count(*) FROM ozzy_nodes WHERE kind = 'relay' AND stopped_at IS NULL")
+
+
+def test_operators_pause_and_resume_a_handler_and_the_relay_and_stop_a_node(settings) -> None:
+    w = writer(settings)
+    with w.session_factory() as session:
+        user = create_user(session, "ops", "correct horse battery")
+        _, token = create_token(session, user, "control-test")
+        session.commit()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    procs = [start_node(settings, "web-1", ["web", "--host", "127.0.0.1"], PORT=str(port)),
+             start_node(settings, "relay-1", ["relay"]), start_node(settings, "worker-1", ["worker"])]
+
+    def post(path: str) -> int:
+        import urllib.request
+
+        request = urllib.request.Request(f"{base}{path}", b"", {"Authorization": f"Bearer {token}"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+
+    def acked(kind: str, command: str) -> bool:
+        return bool(scalar(w, "SELECT count(*) FROM ozzy_nodes, jsonb_array_elements(info->'commands') c"
+                              " WHERE kind = :k AND stopped_at IS NULL AND c->>'command' = :c", k=kind, c=command))
+
+    def effects(handler: str) -> int:
+        return scalar(w, "SELECT count(*) FROM test_side_effects WHERE handler = :h", h=handler)
+
+    try:
+        wait_until(lambda: _listeners_connected(w) == 3, timeout=60)
+        # Pause a handler: its messages wait, the other handler keeps working
+        assert post("/api/handlers/test.audit/pause") == 202
+        wait_until(lambda: acked("worker", "pause_handler"), timeout=10)
+        open_accounts(w, 20, "paused")
+        wait_until(lambda: effects("welcome") == 20, timeout=30)
+        time.sleep(2)
+        assert effects("audit") == 0
+        assert scalar(w, "SELECT count(*) FROM ozzy_deliveries WHERE handler = 'test.audit' AND status = 'pending'") == 20
+        assert post("/api/handlers/test.audit/resume") == 202
+        wait_until(lambda: effects("audit") == 20, timeout=30)
+        # Pause the relay: events wait in the outbox
+        assert post("/api/relay/pause") == 202
+        wait_until(lambda: acked("relay", "pause_relay"), timeout=10)
+        open_accounts(w, 5, "relay-paused")
+        time.sleep(2)
+        assert scalar(w, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL") == 5
+        assert post("/api/relay/resume") == 202
+        wait_until(lambda: effects("audit") == 25, timeout=30)
+        time.sleep(1)
+        assert (effects("welcome"), effects("audit")) == (25, 25)
+        # Drain and stop the worker: it acknowledges, finishes, exits 0
+        worker_id = scalar(w, "SELECT id::text FROM ozzy_nodes WHERE kind = 'worker' AND stopped_at IS NULL")
+        assert post(f"/api/nodes/{worker_id}/stop") == 202
+        procs[2].proc.wait(30)
+        assert procs[2].proc.returncode == 0, procs[2].output()
+        assert scalar(w, "SELECT stopped_at IS NOT NULL FROM ozzy_nodes WHERE id = CAST(:i AS uuid)", i=worker_id)
+        report("control_commands", paused_handler_waited=20, relay_paused_events=5, worker_stopped_exit_code=0)
+    finally:
+        for p in procs:
+            p.terminate()
+        w.close()

@@ -26,7 +26,8 @@ ADMIN_PAGES = ["/admin/", "/admin/events/", "/admin/deliveries/", "/admin/deadle
 API_ROUTES = [("GET", "/api/status"), ("GET", "/api/nodes"), ("GET", "/api/events"), ("GET", "/api/events/1"),
               ("GET", "/api/deliveries"), ("POST", "/api/deliveries/1/retry"), ("POST", "/api/deliveries/retry"),
               ("GET", "/api/settings/x"), ("PUT", "/api/settings/x"), ("GET", "/api/flags/x"),
-              ("PUT", "/api/flags/x")]
+              ("PUT", "/api/flags/x"), ("POST", "/api/handlers/test.audit/pause"), ("POST", "/api/relay/pause"),
+              ("POST", f"/api/nodes/{uuid.uuid4()}/stop")]
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE ozzy_outbox; --", "\" OR 1=1 --", "%' OR 1=1 --", "') OR ('a'='a"]
 
 
