@@ -3,8 +3,7 @@
 * a quick-wake consumer: an idle consumer blocks on a per-process pub/sub listener instead of
   polling Redis with a backoff of up to a second, so a message is picked up within milliseconds and
   an idle worker costs next to nothing;
-* :func:`enqueue_pipelined`, which the relay uses to put a whole batch of messages on Redis in one
-  round trip (Dramatiq has no batch enqueue).
+* see :mod:`shared.dispatch` for the relay's batch enqueue (Dramatiq has none).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import Any
 import redis
 from dramatiq import Message, Middleware
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import dq_name
 
 from shared.fastchannel import queue_channel
 
@@ -183,37 +182,6 @@ class OzzyBroker(RedisBroker):
         super().close()
 
 
-def enqueue_pipelined(broker: OzzyBroker, pipe: redis.client.Pipeline, messages: Iterable[Message]) -> None:
-    """Queue ``messages`` on ``pipe`` exactly as ``broker.enqueue`` would, plus one wake-up per queue.
-
-    Nothing reaches Redis until the caller executes the pipeline.
-    """
-    dispatch = broker.scripts["dispatch"]
-    queues = set()
-    for message in messages:
-        message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
-        broker.emit_before("enqueue", message, None)
-        dispatch(
-            keys=[broker.namespace],
-            args=[
-                "enqueue",
-                current_millis(),
-                message.queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                0,  # queue maintenance is left to the workers' own commands
-                broker._max_unpack_size(),
-                message.options["redis_message_id"],
-                message.encode(),
-            ],
-            client=pipe,
-        )
-        queues.add(message.queue_name)
-    for queue_name in queues:
-        pipe.publish(queue_channel(broker.namespace, queue_name), b"1")
-
-
 def message_for(queue_name: str, actor_name: str, envelope: dict[str, Any], options: dict[str, Any]) -> Message:
     """A Dramatiq message that runs ``actor_name`` on ``envelope`` (a stored event's message form)."""
     return Message(
@@ -226,4 +194,4 @@ def message_for(queue_name: str, actor_name: str, envelope: dict[str, Any], opti
     )
 
 
-__all__ = ["OzzyBroker", "WakeListener", "dq_name", "enqueue_pipelined", "message_for"]
+__all__ = ["OzzyBroker", "WakeListener", "dq_name", "message_for"]

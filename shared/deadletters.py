@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import text
 
 from shared import sql
-from shared.dispatch import envelope, send
+from shared.dispatch import envelope_json, send
 from shared.runtime import Runtime
 
 LIST_DEAD = text(
@@ -60,7 +60,7 @@ def retry_dead(
             ).all()
             if not rows:
                 return total
-            send(runtime.broker, [(runtime.handlers[r.handler], envelope(r)) for r in rows])
+            send(runtime.broker, [(runtime.handlers[r.handler], envelope_json(r)) for r in rows])
             conn.execute(sql.MARK_REENQUEUED, {"ids": [r.delivery_id for r in rows]})
         total += len(rows)
         after = rows[-1].delivery_id

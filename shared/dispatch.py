@@ -1,62 +1,73 @@
 """Putting events and deliveries on Redis: used by the relay's drain, the redelivery sweep and
-the dead-letter retry, so a message always has the same shape whoever sends it."""
+the dead-letter retry, so a message always has the same shape whoever sends it.
+
+The relay is the hot path, so messages are written as JSON text directly: the payload and metadata
+come from PostgreSQL as JSON text (``payload::text``) and are spliced in without being decoded and
+encoded again. The result is exactly what ``dramatiq.Message.encode`` produces for the same fields
+(a test holds the two together).
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dramatiq import Message
-
-from shared.broker import OzzyBroker, enqueue_pipelined
+from shared.broker import OzzyBroker
+from shared.fastchannel import queue_channel
 from shared.handlers import HandlerSpec
 
-
-def envelope(row: Any) -> dict[str, Any]:
-    """The message form of an outbox row (what handlers and live subscribers receive)."""
-    return {
-        "event_id": str(row.event_id),
-        "type": row.event_type,
-        "version": row.event_version,
-        "payload": row.payload,
-        "metadata": row.metadata,
-        "occurred_at": row.occurred_at.isoformat(),
-        "aggregate_type": row.aggregate_type,
-        "aggregate_id": row.aggregate_id,
-        "position": row.id,
-    }
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def handler_message(spec: HandlerSpec, env: dict[str, Any], now_ms: int) -> Message:
-    """A fresh Dramatiq message (a full retry budget) running ``spec`` on ``env``."""
-    return Message(
-        queue_name=spec.queue,
-        actor_name=spec.name,
-        args=(env,),
-        kwargs={},
-        options={},
-        message_id=str(uuid.uuid4()),
-        message_timestamp=now_ms,
+def envelope_json(row: Any) -> str:
+    """The message form of an outbox row (what handlers and live subscribers receive), as JSON.
+
+    ``row.payload`` and ``row.metadata`` must be JSON text (selected as ``payload::text``)."""
+    return (
+        f'{{"event_id":"{row.event_id}","type":{_dumps(row.event_type)},"version":{int(row.event_version)},'
+        f'"payload":{row.payload},"metadata":{row.metadata},"occurred_at":"{row.occurred_at.isoformat()}",'
+        f'"aggregate_type":{_dumps(row.aggregate_type)},"aggregate_id":{_dumps(row.aggregate_id)},'
+        f'"position":{int(row.id)}}}'
     )
+
+
+def message_body(spec: HandlerSpec, env_json: str, redis_id: str, now_ms: int) -> bytes:
+    """A fresh Dramatiq message (a full retry budget) running ``spec`` on the envelope, encoded."""
+    return (
+        f'{{"queue_name":{_dumps(spec.queue)},"actor_name":{_dumps(spec.name)},"args":[{env_json}],'
+        f'"kwargs":{{}},"options":{{"redis_message_id":"{redis_id}"}},"message_id":"{uuid.uuid4()}",'
+        f'"message_timestamp":{now_ms}}}'
+    ).encode()
 
 
 def send(
     broker: OzzyBroker,
-    deliveries: Iterable[tuple[HandlerSpec, dict[str, Any]]],
+    deliveries: Iterable[tuple[HandlerSpec, str]],
     *,
-    publish: Sequence[dict[str, Any]] = (),
+    publish: Sequence[str] = (),
     channel: str | None = None,
 ) -> None:
-    """One pipeline, one round trip: publish each of ``publish`` on ``channel``, enqueue one
-    message per delivery, wake each queue. Raises if Redis did not take all of it."""
+    """One pipeline, one round trip: enqueue one message per (handler, envelope JSON), wake each
+    queue, and publish ``publish`` (envelope JSON texts) as one JSON array on ``channel``.
+
+    Per queue: one HSET of the bodies and one RPUSH of their ids, the keys Dramatiq's own enqueue
+    script writes, a batch at a time. Raises if Redis did not take all of it."""
     pipe = broker.client.pipeline(transaction=False)
-    if channel is not None:
-        for env in publish:
-            pipe.publish(channel, json.dumps(env, separators=(",", ":")))
     now = int(time.time() * 1000)
-    enqueue_pipelined(broker, pipe, [handler_message(spec, env, now) for spec, env in deliveries])
+    by_queue: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for spec, env in deliveries:
+        redis_id = str(uuid.uuid4())
+        by_queue[spec.queue][redis_id] = message_body(spec, env, redis_id, now)
+    for queue_name, bodies in by_queue.items():
+        key = f"{broker.namespace}:{queue_name}"
+        pipe.hset(f"{key}.msgs", mapping=bodies)
+        pipe.rpush(key, *bodies)
+        pipe.publish(queue_channel(broker.namespace, queue_name), b"1")
+    if channel is not None and publish:
+        pipe.publish(channel, "[" + ",".join(publish) + "]")
     if len(pipe):
         pipe.execute()

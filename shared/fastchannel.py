@@ -70,12 +70,21 @@ class WakeNotifier:
                 self._thread = threading.Thread(target=self._run, name="ozzy-wake-notifier", daemon=True)
                 self._thread.start()
 
+    #: At most one wake-up per this many seconds: a burst of commits costs one publication per
+    #: interval (the relay's drain keeps going while rows remain), and an isolated commit none extra.
+    MIN_INTERVAL = 0.005
+
     def _run(self) -> None:
+        last = 0.0
         while not self._closed:
             self._pending.wait()
+            since = time.monotonic() - last
+            if since < self.MIN_INTERVAL:
+                time.sleep(self.MIN_INTERVAL - since)
             self._pending.clear()
             if not self._closed:
                 self.publish_now()
+                last = time.monotonic()
 
     def publish_now(self) -> bool:
         """Publish one wake-up in the caller's thread; False if Redis did not take it."""

@@ -29,7 +29,7 @@ from shared import control, sql
 from shared import settings as shared_settings
 from shared.chores import Lease, run_retention
 from shared.cluster import ClusterListener, start_listeners
-from shared.dispatch import envelope, send
+from shared.dispatch import envelope_json, send
 from shared.events import registered_event_types
 from shared.fastchannel import Subscriber, events_channel, relay_channel
 from shared.handlers import HandlerSpec, handlers_by_event_type, import_handler_modules
@@ -113,30 +113,29 @@ class Relay:
             known = registered_event_types()
             routable = [row for row in rows if row.event_type in known]
             self._park(conn, [row for row in rows if row.event_type not in known])
-            envelopes = [envelope(row) for row in routable]
-            deliveries = [(spec, env) for env in envelopes for spec in self.by_type.get(env["type"], ())]
-            if deliveries:
+            envelopes = [envelope_json(row) for row in routable]
+            pairs = [(row, spec, env) for row, env in zip(routable, envelopes) for spec in self.by_type.get(row.event_type, ())]
+            if pairs:
                 conn.execute(
                     sql.INSERT_PENDING,
-                    {"event_ids": [e["event_id"] for _, e in deliveries], "handlers": [s.name for s, _ in deliveries]},
+                    {"event_ids": [row.event_id for row, _, _ in pairs], "handlers": [s.name for _, s, _ in pairs]},
                 )
-            send(self.runtime.broker, deliveries)
+            send(self.runtime.broker, [(spec, env) for _, spec, env in pairs])
             if routable:
                 conn.execute(sql.DISPATCH_LOCK)
                 positions = dict(conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]}).all())
         self.stats.dispatched += len(routable)
         self.stats.batches += 1
         if routable:
-            self._announce(envelopes, positions)
+            self._announce(routable, envelopes, positions)
         return len(rows)
 
-    def _announce(self, envelopes: list[dict[str, Any]], positions: dict[int, int]) -> None:
-        """After commit, publish each event with its dispatch position for live subscribers (every
-        node's cluster listeners); they read the log from their checkpoint if this is lost."""
-        for env in envelopes:
-            env["dispatch_seq"] = positions[env["position"]]
+    def _announce(self, rows: list[Any], envelopes: list[str], positions: dict[int, int]) -> None:
+        """After commit, publish the batch (a JSON array of envelopes, each with its dispatch
+        position) for live subscribers; cluster listeners read the log if this is lost."""
+        announced = [f'{env[:-1]},"dispatch_seq":{positions[row.id]}}}' for row, env in zip(rows, envelopes)]
         try:
-            send(self.runtime.broker, [], publish=envelopes, channel=self._events_channel)
+            send(self.runtime.broker, [], publish=announced, channel=self._events_channel)
         except Exception as exc:  # noqa: BLE001 - a hint only; listeners poll the log
             log.warning("could not announce %d events on the fast channel: %s", len(envelopes), exc)
 

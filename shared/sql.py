@@ -11,7 +11,7 @@ from sqlalchemy import text
 CLAIM_BATCH = text(
     """
     SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload, metadata, occurred_at
+           payload::text AS payload, metadata::text AS metadata, occurred_at
       FROM ozzy_outbox
      WHERE dispatched_at IS NULL AND parked_at IS NULL
      ORDER BY id
@@ -25,7 +25,7 @@ CLAIM_BATCH = text(
 CLAIM_CONTROL_BATCH = text(
     """
     SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload, metadata, occurred_at
+           payload::text AS payload, metadata::text AS metadata, occurred_at
       FROM ozzy_outbox
      WHERE dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))
      ORDER BY id
@@ -114,7 +114,8 @@ RECORD_FAILURE = text(
 CLAIM_STALE_DELIVERIES = text(
     """
     SELECT d.id AS delivery_id, d.handler, o.id, o.event_id, o.event_type, o.event_version,
-           o.aggregate_type, o.aggregate_id, o.payload, o.metadata, o.occurred_at
+           o.aggregate_type, o.aggregate_id, o.payload::text AS payload,
+           o.metadata::text AS metadata, o.occurred_at
       FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
      WHERE d.status IN ('pending', 'retrying')
        AND d.enqueued_at < now() - make_interval(secs => :older_than)
@@ -139,7 +140,8 @@ MARK_REENQUEUED = text(
 CLAIM_FOR_RETRY = text(
     """
     SELECT d.id AS delivery_id, d.handler, o.id, o.event_id, o.event_type, o.event_version,
-           o.aggregate_type, o.aggregate_id, o.payload, o.metadata, o.occurred_at
+           o.aggregate_type, o.aggregate_id, o.payload::text AS payload,
+           o.metadata::text AS metadata, o.occurred_at
       FROM ozzy_deliveries d JOIN ozzy_outbox o ON o.event_id = d.event_id
      WHERE d.status = ANY(CAST(:statuses AS text[]))
        AND d.handler = ANY(CAST(:known AS text[]))

@@ -18,7 +18,7 @@ from dramatiq.common import current_millis, dq_name
 
 from shared import sql
 from shared.broker import OzzyBroker
-from shared.dispatch import envelope, send
+from shared.dispatch import envelope_json, send
 from shared.handlers import HandlerSpec
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def redeliver_stale(runtime, handlers: dict[str, HandlerSpec], *, older_than: fl
         chosen = [r for r in rows if r.handler in handlers and held[handlers[r.handler].queue] < open_by_queue[handlers[r.handler].queue]]
         if not chosen:
             return 0
-        send(broker, [(handlers[r.handler], envelope(r)) for r in chosen])
+        send(broker, [(handlers[r.handler], envelope_json(r)) for r in chosen])
         conn.execute(sql.MARK_REENQUEUED, {"ids": [r.delivery_id for r in chosen]})
     log.warning("re-enqueued %d deliveries that Redis no longer held", len(chosen))
     return len(chosen)

@@ -71,12 +71,20 @@ class UnitOfWork:
         except StaleDataError as exc:
             self.session.rollback()
             raise ConcurrencyError() from exc
-        if self.written and self._on_commit is not None:
+        if written and self._on_commit is not None:
             self._on_commit()
         return written
 
     def flush(self) -> list[StoredEvent]:
         """Write pending state and outbox rows in the open transaction, without committing."""
+        stored = self._flush_state()
+        if stored:
+            self.session.execute(insert(outbox), [_row(s) for s in stored])
+            self.written.extend(stored)
+        return stored
+
+    def _flush_state(self) -> list[StoredEvent]:
+        """Flush the aggregates (checking their versions) and collect the events to write."""
         aggregates = self._touched_aggregates()
         for agg in aggregates:
             if self.session.is_modified(agg):
@@ -86,11 +94,7 @@ class UnitOfWork:
         except StaleDataError as exc:
             self.session.rollback()
             raise ConcurrencyError() from exc
-        stored = self._collect(aggregates)
-        if stored:
-            self.session.execute(insert(outbox), [_row(s) for s in stored])
-            self.written.extend(stored)
-        return stored
+        return self._collect(aggregates)
 
     def rollback(self) -> None:
         self.session.rollback()

@@ -140,7 +140,7 @@ def test_no_ghost_messages_a_rolled_back_write_never_reaches_redis(runtime) -> N
     while time.monotonic() < deadline:
         message = pubsub.get_message(timeout=0.1)
         if message:
-            published.append(json.loads(message["data"]))
+            published.extend(json.loads(message["data"]))  # one JSON array per dispatched batch
     pubsub.close()
     assert [m["payload"]["owner"] for m in published] == ["owner-0"]
     assert [m.args[0]["payload"]["owner"] for m in queued(runtime, "test.welcome")] == ["owner-0"]
