@@ -92,10 +92,9 @@ WITH base AS MATERIALIZED (
       FROM linked AS l
 ), placed AS (
     SELECT t.*,
-           CASE WHEN event_type LIKE 'loans.%' THEN 'LoanApplication'
-                WHEN event_type = 'ozzy.setting_changed' THEN 'Setting'
-                WHEN event_type = 'ozzy.flag_changed' THEN 'FeatureFlag'
-                ELSE 'Cluster' END AS aggregate_type,
+           CASE WHEN event_type LIKE 'loans.%' THEN 'loans.application'
+                WHEN event_type = 'ozzy.setting_changed' THEN 'ozzy.setting'
+                WHEN event_type = 'ozzy.flag_changed' THEN 'ozzy.flag' END AS aggregate_type,
            CASE WHEN event_type LIKE 'loans.%'
                      THEN md5('loan-' || floor(r_agg * greatest(:n / 4, 1))::bigint)::uuid::text
                 WHEN event_type = 'ozzy.setting_changed'
@@ -104,7 +103,7 @@ WITH base AS MATERIALIZED (
                 WHEN event_type = 'ozzy.flag_changed'
                      THEN (ARRAY['loans.instant_decision', 'loans.new_scoring', 'relay.fast_channel',
                                  'web.maintenance', 'loans.sms_notices'])[1 + floor(r_agg * 5)::int]
-                ELSE 'cluster' END AS aggregate_id,
+                END AS aggregate_id,  -- a control command is published without an aggregate
            now() - interval '30 days' + interval '30 days' * ((g - 1 + r_actor * 0.5) / :n) AS occurred_at,
            g <= :n - :undispatched AS dispatched,
            g > :n - :undispatched AND g <= :n - :undispatched + :parked AS parked
@@ -115,7 +114,7 @@ INSERT INTO ozzy_outbox (event_id, event_type, event_version, aggregate_type, ag
                          park_reason, dispatch_seq)
 SELECT event_id, event_type, 1, aggregate_type, aggregate_id,
        jsonb_build_object(
-           'subject', aggregate_id,
+           'subject', coalesce(aggregate_id, 'cluster'),
            'applicant_name', 'Applicant ' || floor(r_amount * 1000000)::int,
            'email', 'applicant' || g || '@example.com',
            'amount', round((1000 + r_amount * 49000)::numeric, 2),
@@ -355,11 +354,11 @@ def probes(engine: Engine, rows: int) -> dict[str, Any]:
              LIMIT 1"""), {"m": middle}).one()
         aggregate = conn.execute(text("""
             SELECT aggregate_id, (SELECT count(*) FROM ozzy_outbox AS o WHERE o.aggregate_id = e.aggregate_id)
-              FROM ozzy_outbox AS e WHERE id <= :m AND aggregate_type = 'LoanApplication'
+              FROM ozzy_outbox AS e WHERE id <= :m AND aggregate_type = 'loans.application'
              ORDER BY id DESC LIMIT 1"""), {"m": middle}).one()
         # a non-UUID aggregate id (a setting key): the search box matches those on aggregate_id
         setting_key = conn.execute(text("""
-            SELECT aggregate_id FROM ozzy_outbox WHERE id <= :m AND aggregate_type = 'Setting'
+            SELECT aggregate_id FROM ozzy_outbox WHERE id <= :m AND aggregate_type = 'ozzy.setting'
              ORDER BY id DESC LIMIT 1"""), {"m": middle}).scalar()
         searched = conn.execute(text("SELECT event_id FROM ozzy_outbox WHERE id = :m"), {"m": middle}).scalar()
         occurred = conn.execute(text("SELECT occurred_at FROM ozzy_outbox WHERE id = :m"), {"m": middle}).scalar()
@@ -432,6 +431,10 @@ CHECKS = [
     Check("admin_events_undispatched", flt("Dispatched", "is", lambda o: "0")),
     Check("api_events_by_aggregate_id", lambda o: f"/api/events?limit=50&aggregate_id={o.probes['aggregate_id']}", api=True),
     Check("api_event_by_id", lambda o: f"/api/events/{o.probes['details_event_id']}", api=True),
+    Check("api_events_undispatched", lambda o: "/api/events?limit=50&dispatched=false", api=True),
+    Check("api_events_by_time_range", lambda o: "/api/events?" + urlencode(
+        {"limit": 50, "since": o.probes["occurred_day"].isoformat(),
+         "until": (o.probes["occurred_day"] + timedelta(days=1)).isoformat()}), api=True),
 ]
 
 
@@ -495,20 +498,120 @@ def measure(big: Office, small: Office, samples: int) -> dict[str, Any]:
     return results
 
 
-def plans(big: Office, results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    with big.runtime.engine.connect() as conn:
-        pages = conn.execute(text("SELECT pg_total_relation_size('ozzy_outbox') / current_setting('block_size')::int")).scalar()
+def table_pages(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(
+            "SELECT pg_total_relation_size('ozzy_outbox') / current_setting('block_size')::int")).scalar()
+
+
+def outbox_statements(results: dict[str, Any]) -> dict[str, list[Statement]]:
+    """Per request, the distinct statements that read ``ozzy_outbox`` (taken out of ``results``)."""
+    out: dict[str, list[Statement]] = {}
     for name, result in results.items():
         seen: set[str] = set()
         for statement in result.pop("_statements"):
-            if not reads_outbox(statement.sql):
-                continue
             key = statement.sql + repr(statement.params)
-            if key in seen:
-                continue
-            seen.add(key)
-            out.setdefault(name, []).append(explain(big.runtime.engine, statement, big.rows, pages))
+            if reads_outbox(statement.sql) and key not in seen:
+                seen.add(key)
+                out.setdefault(name, []).append(statement)
+    return out
+
+
+def plans(big: Office, recorded: dict[str, list[Statement]]) -> dict[str, list[dict[str, Any]]]:
+    pages = table_pages(big.runtime.engine)
+    return {name: [explain(big.runtime.engine, st, big.rows, pages) for st in statements]
+            for name, statements in recorded.items()}
+
+
+# --- candidate fixes, tried on the throwaway N database only --------------------------------------
+
+SELECT_ALL = "SELECT * FROM ozzy_outbox"
+
+
+def ids_of(engine: Engine, statement: Statement) -> list[int]:
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(statement.sql, statement.params)
+        names = [d[0] for d in cur.description]
+        column = next(i for i, n in enumerate(names) if n in ("id", "ozzy_outbox_id"))
+        ids = [row[column] for row in cur.fetchall()]
+        raw.rollback()
+        return ids
+    finally:
+        raw.close()
+
+
+def summary(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: item[k] for k in ("top", "scan_lines", "rows_read_from_outbox", "buffers_hit", "buffers_read",
+                                 "execution_ms")}
+
+
+def experiments(big: Office, recorded: dict[str, list[Statement]]) -> list[dict[str, Any]]:
+    """Indexes and query shapes that would keep the flagged requests O(page): each is built or run
+    on the N database, EXPLAINed, and checked to return the same rows as the application's query."""
+    engine, pages = big.runtime.engine, table_pages(big.runtime.engine)
+    day: datetime = big.probes["occurred_day"]
+    out: list[dict[str, Any]] = []
+
+    def main_statement(name: str) -> Statement:
+        return max(recorded[name], key=lambda st: len(st.sql))  # the list query, not a lookup
+
+    def run_index(name: str, ddl: str, requests: list[str]) -> None:
+        say(f"  trying {name}")
+        with engine.connect() as conn:
+            conn.execute(text("SET maintenance_work_mem = '256MB'"))
+            t0 = time.monotonic()
+            conn.execute(text(ddl))
+            conn.execute(text("ANALYZE ozzy_outbox"))
+            conn.commit()
+            built = time.monotonic() - t0
+            size = conn.execute(text("SELECT pg_size_pretty(pg_relation_size('bench_candidate'))")).scalar()
+        try:
+            for request_name in requests:
+                statement = main_statement(request_name)
+                item = explain(engine, statement, big.rows, pages)
+                out.append({"candidate": name, "ddl": ddl, "build_s": round(built, 1), "index_size": size,
+                            "request": request_name, **summary(item)})
+                say(f"    {request_name}: {item['top']}")
+                for line in item["scan_lines"][1:3]:
+                    say(f"        {line}")
+                say(f"        rows read {item['rows_read_from_outbox']:,}; pages "
+                    f"{item['buffers_hit'] + item['buffers_read']:,}; Execution Time {item['execution_ms']} ms")
+        finally:
+            with engine.connect() as conn:
+                conn.execute(text("DROP INDEX bench_candidate"))
+                conn.execute(text("ANALYZE ozzy_outbox"))
+                conn.commit()
+
+    def run_rewrite(name: str, request_name: str, sql: str, params: dict[str, Any]) -> None:
+        say(f"  trying {name}")
+        original = main_statement(request_name)
+        rewritten = Statement(sql, params, 0.0)
+        item = explain(engine, rewritten, big.rows, pages)
+        same = ids_of(engine, original) == ids_of(engine, rewritten)
+        out.append({"candidate": name, "sql": sql, "request": request_name, "same_rows_as_application": same,
+                    **summary(item)})
+        say(f"    {item['top']}")
+        for line in item["scan_lines"][1:3]:
+            say(f"        {line}")
+        say(f"        rows read {item['rows_read_from_outbox']:,}; pages {item['buffers_hit'] + item['buffers_read']:,}; "
+            f"Execution Time {item['execution_ms']} ms; same rows as the application's query: {same}")
+
+    run_index("index on (aggregate_id, id)",
+              "CREATE INDEX bench_candidate ON ozzy_outbox (aggregate_id, id)",
+              ["admin_events_by_aggregate_id", "api_events_by_aggregate_id", "admin_events_search_setting_key"])
+    run_index("partial index on (id) WHERE dispatched_at IS NULL",
+              "CREATE INDEX bench_candidate ON ozzy_outbox (id) WHERE dispatched_at IS NULL",
+              ["admin_events_undispatched", "api_events_undispatched"])
+    run_rewrite("'not dispatched' as two arms that match ix_ozzy_outbox_undispatched and ix_ozzy_outbox_parked",
+                "admin_events_undispatched",
+                SELECT_ALL + " WHERE (dispatched_at IS NULL AND parked_at IS NULL)"
+                " OR (dispatched_at IS NULL AND parked_at IS NOT NULL) ORDER BY id DESC LIMIT 50", {})
+    run_rewrite("time range ordered by occurred_at (ix_ozzy_outbox_occurred_at) instead of id",
+                "admin_events_by_occurred_day",
+                SELECT_ALL + " WHERE occurred_at >= %(since)s AND occurred_at <= %(until)s"
+                " ORDER BY occurred_at DESC, id DESC LIMIT 50", {"since": day, "until": day + timedelta(days=1)})
     return out
 
 
@@ -547,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="outbox rows in the big database")
     parser.add_argument("--baseline-rows", type=int, default=BASELINE_ROWS)
     parser.add_argument("--samples", type=int, default=5, help="timed requests per page, after one warm-up")
+    parser.add_argument("--no-experiments", dest="experiments", action="store_false",
+                        help="skip trying candidate indexes and query shapes for the flagged requests")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on SIGTERM too
 
@@ -573,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"timing {len(CHECKS)} requests, median of {args.samples} after a warm-up, N and 1k interleaved")
         timings = measure(big, small, args.samples)
         say("EXPLAIN (ANALYZE, BUFFERS) of every outbox statement, on the N database")
-        explained = plans(big, timings)
+        recorded = outbox_statements(timings)
+        explained = plans(big, recorded)
         flagged = []
         for name, items in explained.items():
             for item in items:
@@ -600,6 +706,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say("no sequential scan and no count(*) over ozzy_outbox in any request")
         result.update(timings=timings, plans=explained, flagged=flagged)
+        if args.experiments and flagged:
+            say("candidate fixes, on the N database (dropped afterwards; the application is unchanged)")
+            result["experiments"] = experiments(big, recorded)
         result["machine"]["loadavg_1m_end"] = machine().get("loadavg_1m")
         result["finished_at"] = datetime.now(timezone.utc).isoformat()
         say("dropping the databases")
