@@ -108,7 +108,7 @@ def _pre(view, context, model, name):  # type: ignore[no-untyped-def]
 
 
 class DispatchedFilter(BaseSQLAFilter):
-    """Dispatched or not, by ``dispatched_at`` (undispatched rows have an index of their own)."""
+    """Dispatched or not, by ``dispatched_at`` (``ix_ozzy_outbox_not_dispatched`` serves "no")."""
 
     def apply(self, query, value, alias=None):  # type: ignore[no-untyped-def]
         column = self.get_column(alias)
@@ -120,8 +120,8 @@ class DispatchedFilter(BaseSQLAFilter):
 
 class ExactUuidSearch:
     """Search by exact id on indexed columns instead of Flask-Admin's ``ILIKE '%…%'`` over casts,
-    which would scan a million-row table: a UUID matches event, correlation or causation id; any
-    other term matches the aggregate id. Values are bound parameters, never concatenated SQL."""
+    which would scan a million-row table: a UUID matches the event, correlation, causation or
+    aggregate id; any other term matches the aggregate id. Values are bound parameters, never concatenated SQL."""
 
     def _apply_search(self, query, count_query, joins, count_joins, search):  # type: ignore[no-untyped-def]
         for term in filter(None, search.split()):
@@ -136,7 +136,8 @@ class ExactUuidSearch:
             key = uuid.UUID(term)
         except ValueError:
             return OutboxEvent.aggregate_id == term
-        return or_(OutboxEvent.event_id == key, OutboxEvent.correlation_id == key, OutboxEvent.causation_id == key)
+        return or_(OutboxEvent.event_id == key, OutboxEvent.correlation_id == key, OutboxEvent.causation_id == key,
+                   OutboxEvent.aggregate_id == str(key))
 
 
 class ReadOnlyModelView(Secured, ModelView):

@@ -105,6 +105,9 @@ class ClusterListener:
         self.specs = dict(specs if specs is not None else registered_listeners())
         self.positions: dict[str, int] = {}
         self.delivered = 0
+        #: Set once every listener is placed and the reloads ran.
+        self.ready = threading.Event()
+        self._on_ready: Callable[[], None] | None = None
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,17 +125,33 @@ class ClusterListener:
     def _checkpoint_name(self, spec: ListenerSpec) -> str:
         return f"{self.node_name}:{spec.name}"
 
-    def start(self) -> None:
-        """Place every listener at its start position, run the ``on_start`` reloads, then listen."""
+    def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start listening. In the reader thread: place every listener at its start position, run
+        the ``on_start`` reloads and ``on_ready``, retrying while the database is unreachable (a
+        process may start during an outage), then follow the log."""
         if not self.specs:
             return
-        self._place()
-        for spec in self.specs.values():
-            if spec.on_start is not None:
-                spec.on_start()
+        self._on_ready = on_ready
         self._thread = threading.Thread(target=self._run, name="ozzy-cluster-listeners", daemon=True)
         self._thread.start()
         self.subscriber.start()
+
+    def _prepare(self) -> None:
+        pause = 0.1
+        while not self._stopped.is_set():
+            try:
+                self._place()
+                for spec in self.specs.values():
+                    if spec.on_start is not None:
+                        spec.on_start()
+                if self._on_ready is not None:
+                    self._on_ready()
+                self.ready.set()
+                return
+            except SQLAlchemyError as exc:
+                log.warning("cluster listeners waiting for the database: %s", exc)
+                self._stopped.wait(pause)
+                pause = min(pause * 2, 5.0)
 
     def _place(self) -> None:
         durable = [self._checkpoint_name(s) for s in self.specs.values() if s.start == "checkpoint"]
@@ -150,6 +169,7 @@ class ClusterListener:
             self._thread.join(10)
 
     def _run(self) -> None:
+        self._prepare()
         interval = self.runtime.settings.poll_interval
         while not self._stopped.is_set():
             self._wake.wait(interval)
@@ -205,8 +225,9 @@ class ClusterListener:
         return {"positions": dict(self.positions), "delivered": self.delivered, "fast_channel": self.subscriber.status()}
 
 
-def start_listeners(runtime: Any, kind: str) -> ClusterListener:
-    """Start this process's cluster listeners (settings and flags cache included)."""
+def start_listeners(runtime: Any, kind: str, on_ready: Callable[[], None] | None = None) -> ClusterListener:
+    """Start this process's cluster listeners (settings and flags cache included); ``on_ready``
+    runs once they are placed and the settings are loaded."""
     import socket
 
     import shared.control  # noqa: F401  (registers the control-command listener)
@@ -214,5 +235,5 @@ def start_listeners(runtime: Any, kind: str) -> ClusterListener:
 
     name = runtime.settings.node_name or f"{socket.gethostname()}-{kind}"
     listener = ClusterListener(runtime, name)
-    listener.start()
+    listener.start(on_ready)
     return listener

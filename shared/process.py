@@ -31,8 +31,8 @@ class ProcessLife:
         status["commands"] = control.acknowledged()
         return status
 
-    def start(self) -> None:
-        self.listeners = start_listeners(self.runtime, self.kind)
+    def start(self, on_ready: Callable[[], None] | None = None) -> None:
+        self.listeners = start_listeners(self.runtime, self.kind, on_ready)
         self.node.register()
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)
         self._scheduler.add_job(

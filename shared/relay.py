@@ -183,6 +183,9 @@ class Relay:
 
     # --- running as a process -------------------------------------------------------------------
 
+    def _honour_pause(self) -> None:
+        self.paused = bool(shared_settings.get(control.RELAY_PAUSED, False))
+
     def _pause(self) -> None:
         self.paused = True
 
@@ -198,9 +201,10 @@ class Relay:
     def start(self, listeners: bool = True) -> None:
         """Register the node, then start the drain loop, the subscriber and the scheduled jobs."""
         if listeners:
+            # Until the settings are loaded, assume paused: only the control plane moves.
+            self.paused = True
             control.install(control.Controls(self.node, pause_relay=self._pause, resume_relay=self._resume))
-            self.listeners = start_listeners(self.runtime, "relay")
-            self.paused = bool(shared_settings.get(control.RELAY_PAUSED, False))
+            self.listeners = start_listeners(self.runtime, "relay", on_ready=self._honour_pause)
         self.node.register()
         self.unpark_known()
         self._drain_thread = threading.Thread(target=self._drain_loop, name="ozzy-relay-drain", daemon=True)

@@ -55,7 +55,8 @@ outbox = Table(
     Index(
         "ix_ozzy_outbox_dispatch_seq", "dispatch_seq", unique=True, postgresql_where=text("dispatch_seq IS NOT NULL")
     ),
-    Index("ix_ozzy_outbox_aggregate", "aggregate_type", "aggregate_id"),
+    Index("ix_ozzy_outbox_aggregate", "aggregate_id", "id"),
+    Index("ix_ozzy_outbox_not_dispatched", "id", postgresql_where=text("dispatched_at IS NULL")),
     Index("ix_ozzy_outbox_correlation", "correlation_id"),
     Index("ix_ozzy_outbox_causation", "causation_id"),
     Index("ix_ozzy_outbox_type_id", "event_type", "id"),

@@ -168,10 +168,13 @@ def run_worker(runtime: Any, *, threads: int | None = None, queues: set[str] | N
         signal.signal(signum, lambda *_: stop.set())
     worker.start()
     _install_controls(runtime, broker, life)
-    life.start()
-    for name in shared_settings.get(control.PAUSED_HANDLERS, []):
-        if name in runtime.handlers:
-            broker.paused_queues.add(runtime.handlers[name].queue)
+
+    def honour_pauses() -> None:  # once the settings are loaded (the database may be down at start)
+        for name in shared_settings.get(control.PAUSED_HANDLERS, []):
+            if name in runtime.handlers:
+                broker.paused_queues.add(runtime.handlers[name].queue)
+
+    life.start(on_ready=honour_pauses)
     log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
     stop.wait()
     log.info("worker stopping: finishing in-flight messages")

@@ -52,6 +52,7 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
     env = process_env(settings, PORT=str(port), OZZY_LOG_LEVEL="WARNING",
                       OZZY_HANDLER_MODULES='["tests.handlers", "tests.browser_handlers", "workers.handlers"]')
     with ozzy_processes(env, ["web", "--host", "127.0.0.1"], ["relay"], ["worker"]):
+        wait_until(lambda: _healthy(base), timeout=60, interval=0.2)
         open_accounts(w, 12, "shown")
         # The gated handler fails permanently while the flag is off: one dead letter per account
         wait_until(lambda: scalar(w, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'dead'") == 12, timeout=60)
@@ -110,3 +111,13 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
         assert handlers == {"browser.gated"} and statuses == ["done"] * 12, (handlers, statuses)
         page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
     w.close()
+
+
+def _healthy(base: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
