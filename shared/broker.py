@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -182,16 +180,4 @@ class OzzyBroker(RedisBroker):
         super().close()
 
 
-def message_for(queue_name: str, actor_name: str, envelope: dict[str, Any], options: dict[str, Any]) -> Message:
-    """A Dramatiq message that runs ``actor_name`` on ``envelope`` (a stored event's message form)."""
-    return Message(
-        queue_name=queue_name,
-        actor_name=actor_name,
-        args=(envelope,),
-        kwargs={},
-        options=options,
-        message_timestamp=int(time.time() * 1000),
-    )
-
-
-__all__ = ["OzzyBroker", "WakeListener", "dq_name", "message_for"]
+__all__ = ["OzzyBroker", "WakeListener", "dq_name"]

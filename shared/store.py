@@ -45,10 +45,6 @@ class Store:
                 flags[event.name] = event.enabled
             self._cache = (settings, flags)
 
-    @property
-    def cached(self) -> bool:
-        return self._cache is not None
-
     def settings(self) -> dict[str, Any]:
         cache = self._cache
         return cache[0] if cache is not None else self._read()[0]
