@@ -44,6 +44,10 @@ class ListenerSpec:
     start: Start
     on_start: Callable[[], None] | None = None
 
+    @property
+    def type_names(self) -> frozenset[str]:
+        return frozenset(t.event_type for t in self.event_types)
+
 
 _listeners: dict[str, ListenerSpec] = {}
 
@@ -103,6 +107,8 @@ class ClusterListener:
         self.runtime = runtime
         self.node_name = node_name
         self.specs = dict(specs if specs is not None else registered_listeners())
+        # Computed once: the reader consults them for every row it delivers.
+        self._types = {name: spec.type_names for name, spec in self.specs.items()}
         self.positions: dict[str, int] = {}
         self.delivered = 0
         #: Set once every listener is placed and the reloads ran.
@@ -184,7 +190,7 @@ class ClusterListener:
 
     def catch_up(self, limit: int = 500) -> int:
         """Deliver every event past the listeners' positions (up to ``limit``); return how many rows."""
-        types = sorted({t.event_type for s in self.specs.values() for t in s.event_types})
+        types = sorted(set().union(*self._types.values()))
         after = min(self.positions.values())
         with self.runtime.engine.connect() as conn:
             rows = conn.execute(FETCH, {"after": after, "types": types, "limit": limit}).all()
@@ -201,7 +207,7 @@ class ClusterListener:
         )
         event: Event | None = None
         for name, spec in self.specs.items():
-            if self.positions[name] >= row.dispatch_seq or row.event_type not in {t.event_type for t in spec.event_types}:
+            if self.positions[name] >= row.dispatch_seq or row.event_type not in self._types[name]:
                 continue
             try:
                 event = event or decode(stored)
