@@ -19,7 +19,7 @@ from sqlalchemy import select
 from admin.auth import actor, user_for_token
 from admin.db import db_session
 from admin.models import Delivery, NodeRow, OutboxEvent
-from admin.views import caused_chain
+from admin.views import caused_chain, not_dispatched
 from shared.http import BadRequest
 from shared import control, deadletters, dynamic, monitoring
 from shared.errors import ConcurrencyError
@@ -173,8 +173,7 @@ def events():  # type: ignore[no-untyped-def]
     if dispatched is not None:
         if dispatched not in ("true", "false"):
             raise BadRequest("dispatched must be true or false", fields={"dispatched": "not a boolean"})
-        column = OutboxEvent.dispatched_at
-        query = query.where(column.is_not(None) if dispatched == "true" else column.is_(None))
+        query = query.where(OutboxEvent.dispatched_at.is_not(None) if dispatched == "true" else not_dispatched())
     return jsonify(_page(db_session().scalars(query).all(), limit, event_json))
 
 

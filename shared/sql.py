@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from sqlalchemy import text
 
+#: One event into the outbox, at the driver level (psycopg placeholders; see
+#: :func:`shared.uow.write_events`). JSON arrives as text and is cast once by the server.
+INSERT_EVENT = (
+    "INSERT INTO ozzy_outbox (event_id, event_type, event_version, aggregate_type, aggregate_id, payload,"
+    " metadata, correlation_id, causation_id, occurred_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::uuid, %s::uuid, %s)"
+)
+
 #: The relay's claim. ``SKIP LOCKED`` lets several relays drain at once without waiting on or
 #: double-sending each other's rows; ``dispatched_at IS NULL`` (not ``id > last seen``) means a row
 #: that commits late, with an id below ones already sent, is still found. The partial index

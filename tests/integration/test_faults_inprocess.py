@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert
 
 from shared import Event, UnitOfWork, handles
 from shared.cli import main
@@ -13,8 +14,7 @@ from shared.events import _registry, to_stored
 from shared.handlers import unregister
 from shared.relay import Relay
 from shared.sweep import redeliver_stale
-from shared.tables import outbox
-from shared.uow import _row
+from shared.uow import write_events
 from tests.domain import Account, AccountOpened, SideEffect
 from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
 
@@ -28,10 +28,12 @@ def open_accounts(runtime, n: int) -> None:
 
 def raw_event(runtime, type_name: str, payload: dict) -> uuid.UUID:
     """An outbox row written by some other code version: any type, any payload."""
-    stored = to_stored(AccountOpened(account_id=uuid.uuid4(), owner="x"))
-    row = {**_row(stored), "event_type": type_name, "payload": payload}
-    with runtime.engine.begin() as conn:
-        conn.execute(insert(outbox), [row])
+    stored = dataclasses.replace(
+        to_stored(AccountOpened(account_id=uuid.uuid4(), owner="x")), type=type_name, payload=payload
+    )
+    with runtime.session_factory() as session:
+        write_events(session, [stored])
+        session.commit()
     return stored.event_id
 
 

@@ -12,11 +12,10 @@ from decimal import Decimal
 
 import pytest
 from dramatiq import Message
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 from shared.relay import Relay
-from shared.tables import outbox
-from shared.uow import _row
+from shared.uow import write_events
 from shared.events import to_stored
 from tests.domain import Account, AccountOpened
 from tests.integration.helpers import make_runtime, scalar
@@ -95,15 +94,14 @@ def test_two_relays_at_once_dispatch_every_event_exactly_once_per_handler(runtim
 def test_a_row_that_commits_late_with_a_lower_id_is_still_dispatched(runtime) -> None:
     relay = Relay(runtime)
     # Given a transaction that takes an id and stays open ...
-    slow = runtime.engine.connect()
-    slow_tx = slow.begin()
+    slow = runtime.session_factory()
     late = to_stored(AccountOpened(account_id=uuid.uuid4(), owner="late"))
-    slow.execute(insert(outbox), [_row(late)])
+    write_events(slow, [late])
     # ... while a later one commits and is dispatched
     open_accounts(runtime, 1)
     assert relay.drain() == 1
     # When the slow transaction commits, with an id below the one already dispatched
-    slow_tx.commit()
+    slow.commit()
     slow.close()
     # Then the next drain still finds and sends it
     assert relay.drain() == 1

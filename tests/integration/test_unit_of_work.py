@@ -130,3 +130,31 @@ def test_a_redis_outage_neither_fails_nor_slows_the_business_write(clean_db) -> 
         assert elapsed < 20 * runtime.settings.notify_timeout
     finally:
         runtime.close()
+
+
+def test_a_database_error_in_the_outbox_write_is_sqlalchemys_and_saves_nothing(runtime) -> None:
+    # Given an event id that is already in the log
+    from sqlalchemy.exc import IntegrityError
+
+    from shared.events import to_stored
+    from shared.uow import write_events
+    from tests.domain import AccountOpened
+
+    first = to_stored(AccountOpened(account_id=uuid.uuid4(), owner="a"))
+    with runtime.unit_of_work() as uow:
+        write_events(uow.session, [first])
+        uow.commit()
+    # When a unit of work writes state and the same event id again
+    with pytest.raises(IntegrityError):
+        with runtime.unit_of_work() as uow:
+            uow.add(Account.open("dup"))
+            uow.flush()
+            write_events(uow.session, [first])
+    # Then the error is SQLAlchemy's (as for any other statement) and the state rolled back with it
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 0
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 1
+    # And the pooled connection is usable afterwards
+    with runtime.unit_of_work() as uow:
+        uow.add(Account.open("after"))
+        uow.commit()
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 2
