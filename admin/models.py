@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import DeclarativeBase, relationship
+from sqlalchemy.orm import DeclarativeBase, foreign, relationship
 
 from shared.tables import deliveries, nodes, outbox
 
@@ -23,7 +23,13 @@ class OutboxEvent(AdminBase):
 class Delivery(AdminBase):
     __table__ = deliveries
 
-    event = relationship(OutboxEvent, lazy="joined", viewonly=True)
+    event = relationship(
+        OutboxEvent,
+        primaryjoin=foreign(deliveries.c.event_id) == outbox.c.event_id,
+        lazy="joined",
+        viewonly=True,
+        uselist=False,
+    )
 
     def __str__(self) -> str:
         return f"{self.handler} / {self.event_id}"

@@ -76,12 +76,18 @@ PRUNE_DELIVERIES = text(
          LIMIT :batch)
     """
 )
+#: Old dispatched events, and the deliveries of exactly those events, in one statement.
 PRUNE_OUTBOX = text(
     """
-    DELETE FROM ozzy_outbox WHERE id IN (
-        SELECT id FROM ozzy_outbox
+    WITH doomed AS (
+        SELECT id, event_id FROM ozzy_outbox
          WHERE dispatched_at IS NOT NULL AND occurred_at < now() - make_interval(secs => :age)
-         LIMIT :batch)
+         LIMIT :batch
+           FOR UPDATE SKIP LOCKED
+    ), gone_deliveries AS (
+        DELETE FROM ozzy_deliveries d USING doomed WHERE d.event_id = doomed.event_id
+    )
+    DELETE FROM ozzy_outbox o USING doomed WHERE o.id = doomed.id
     """
 )
 MARK_GONE = text(

@@ -8,6 +8,8 @@ travels with every stored payload; a class may override :meth:`Event.upcast` to 
 from __future__ import annotations
 
 import contextvars
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -178,6 +180,18 @@ class StoredEvent:
         )
 
 
+def new_event_id() -> uuid.UUID:
+    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then 74 random bits.
+
+    Event ids are keys of B-tree indexes on a table that only grows (the event id, and the
+    correlation id, which defaults to it). Random version-4 ids land on a random leaf page each, so
+    after every checkpoint nearly each insert writes a full page image to the WAL; time-ordered ids
+    land on the newest pages. They stay unguessable and unique: 74 random bits per millisecond."""
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | (rand >> 68) << 64 | 0b10 << 62 | (rand & (1 << 62) - 1)
+    return uuid.UUID(int=value)
+
+
 def to_stored(
     event: Event,
     *,
@@ -186,7 +200,7 @@ def to_stored(
     event_id: uuid.UUID | None = None,
 ) -> StoredEvent:
     """Serialize ``event`` with fresh metadata from the current causal context."""
-    eid = event_id or uuid.uuid4()
+    eid = event_id or new_event_id()
     return StoredEvent(
         event_id=eid,
         type=event.event_type,

@@ -60,7 +60,13 @@ def test_retention_prunes_old_completed_deliveries_in_batches_and_keeps_the_log(
     # With an outbox retention, old dispatched events go too (and their deliveries with them)
     with runtime.engine.begin() as conn:
         conn.execute(text("UPDATE ozzy_outbox SET occurred_at = now() - interval '400 days' WHERE id IN "
-                          "(SELECT id FROM ozzy_outbox ORDER BY id LIMIT 10)"))
+                          "(SELECT id FROM ozzy_outbox WHERE event_id IN (SELECT event_id FROM ozzy_deliveries) ORDER BY id LIMIT 10)"))
+    doomed = scalar(runtime, "SELECT count(*) FROM ozzy_deliveries d JOIN ozzy_outbox o USING (event_id)"
+                             " WHERE o.occurred_at < now() - interval '365 days'")
+    assert doomed > 0
     kept = runtime.settings.model_copy(update={"outbox_retention_days": 365.0, "retention_batch": 3})
     assert run_retention(runtime.engine, kept)["events_pruned"] == 10
     assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 40
+    orphans = "SELECT count(*) FROM ozzy_deliveries d WHERE NOT EXISTS (SELECT 1 FROM ozzy_outbox o WHERE o.event_id = d.event_id)"
+    assert scalar(runtime, orphans) == 0
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries") == 20 - doomed

@@ -142,3 +142,20 @@ def test_metadata_takes_correlation_and_causation_from_the_context() -> None:
 
 def _fields(stored: StoredEvent) -> dict:
     return {f: getattr(stored, f) for f in StoredEvent.__dataclass_fields__ if f != "extra"}
+
+
+def test_event_ids_are_rfc_9562_version_7_and_ordered_by_millisecond(monkeypatch) -> None:
+    import time
+
+    from shared.events import new_event_id
+
+    clock = iter([1_800_000_000_000_000_000 + k * 1_000_000 for k in range(1000)])  # ns, 1 ms apart
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
+    ids = [new_event_id() for _ in range(1000)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert ids[0].int >> 80 == 1_800_000_000_000  # the first 48 bits are the Unix time in ms
+    # Within one millisecond the 74 random bits keep them distinct
+    monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
+    assert len({new_event_id() for _ in range(10_000)}) == 10_000
+    assert to_stored(_sample()).event_id.version == 7
