@@ -10,6 +10,7 @@ encoded again. The result is exactly what ``dramatiq.Message.encode`` produces f
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -35,13 +36,25 @@ def envelope_json(row: Any) -> str:
     )
 
 
-def message_body(spec: HandlerSpec, env_json: str, redis_id: str, now_ms: int) -> bytes:
+def message_body(spec: HandlerSpec, env_json: str, redis_id: str, now_ms: int, message_id: str | None = None) -> bytes:
     """A fresh Dramatiq message (a full retry budget) running ``spec`` on the envelope, encoded."""
     return (
         f'{{"queue_name":{_dumps(spec.queue)},"actor_name":{_dumps(spec.name)},"args":[{env_json}],'
-        f'"kwargs":{{}},"options":{{"redis_message_id":"{redis_id}"}},"message_id":"{uuid.uuid4()}",'
-        f'"message_timestamp":{now_ms}}}'
+        f'"kwargs":{{}},"options":{{"redis_message_id":"{redis_id}"}},'
+        f'"message_id":"{message_id or uuid.uuid4()}","message_timestamp":{now_ms}}}'
     ).encode()
+
+
+def random_ids(n: int) -> list[str]:
+    """``n`` random version-4 UUIDs as text, from one read of the OS's random source: the relay
+    needs two per message, and ``str(uuid.uuid4())`` one by one cost it 7 µs per message."""
+    raw = bytearray(os.urandom(16 * n))
+    for k in range(0, 16 * n, 16):
+        raw[k + 6] = raw[k + 6] & 0x0F | 0x40  # version 4
+        raw[k + 8] = raw[k + 8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]
 
 
 def send(
@@ -59,9 +72,11 @@ def send(
     pipe = broker.client.pipeline(transaction=False)
     now = int(time.time() * 1000)
     by_queue: dict[str, dict[str, bytes]] = defaultdict(dict)
-    for spec, env in deliveries:
-        redis_id = str(uuid.uuid4())
-        by_queue[spec.queue][redis_id] = message_body(spec, env, redis_id, now)
+    items = list(deliveries)
+    ids = random_ids(2 * len(items))
+    for k, (spec, env) in enumerate(items):
+        redis_id = ids[2 * k]
+        by_queue[spec.queue][redis_id] = message_body(spec, env, redis_id, now, ids[2 * k + 1])
     for queue_name, bodies in by_queue.items():
         key = f"{broker.namespace}:{queue_name}"
         pipe.hset(f"{key}.msgs", mapping=bodies)

@@ -50,3 +50,13 @@ def test_the_message_body_is_what_dramatiq_encodes_for_the_same_fields() -> None
     assert decoded.options == {"redis_message_id": "redis-id-1"}
     assert uuid.UUID(decoded.message_id) and decoded.message_timestamp == 1_700_000_000_000
     assert Message.decode(decoded.encode()) == decoded
+
+
+def test_random_ids_are_distinct_version_4_uuids() -> None:
+    from shared.dispatch import random_ids
+
+    ids = random_ids(2000)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert [str(p) for p in parsed] == ids
+    assert all(p.version == 4 and p.variant == uuid.RFC_4122 for p in parsed)
+    assert len(set(ids)) == 2000 and random_ids(0) == []
