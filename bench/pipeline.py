@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     sizes = {
         "relay_events": 2_000 if q else 20_000,
-        "relay_samples": 1 if q else 3,
+        "relay_samples": 1 if q else 5,
         "e2e_events": 500 if q else 5_000,
         "latency_rate": 50.0,
         "latency_seconds": 2.0 if q else 10.0,
