@@ -11,12 +11,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from shared.db import make_engine
 from shared.runtime import Runtime
 from shared.config import Settings
 from tests.domain import Account
 from tests.e2e.procs import process_env
 from tests.integration.helpers import scalar
+from tests.servers import private_redis, provisioned
+
+# Fixtures of the tests that break servers: a test module imports both by name (``redis_server``
+# and ``settings`` then mean this test's private Redis and a database provisioned against it).
+
+
+@pytest.fixture
+def redis_server():  # type: ignore[no-untyped-def]
+    """A private Redis for one test, which the test may stop, restart or flush."""
+    with private_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def settings(database_server_url, redis_server):  # type: ignore[no-untyped-def]
+    """A fresh, migrated database and settings pointing at the test's private Redis."""
+    with provisioned(database_server_url, redis_server.url) as s:
+        yield s
+
 
 #: Tunables that make recovery fast enough to test; each is a documented setting.
 FAST_RECOVERY = {

@@ -10,25 +10,14 @@ import pytest
 import redis
 
 from shared.accounts import create_token, create_user
-from tests.e2e.faults import fault_env, open_accounts, report, writer
+from tests.e2e.faults import fault_env, open_accounts, redis_server, report, settings, writer  # noqa: F401 (fixtures)
 from tests.e2e.procs import OzzyProcess, ozzy_processes
 from tests.integration.helpers import scalar, wait_until
-from tests.servers import free_port, private_redis, provisioned
+from tests.servers import free_port
 
 MODULES = '["tests.handlers", "tests.cluster_listeners"]'
 NODES = ("web-1", "relay-1", "worker-1")
 
-
-@pytest.fixture
-def redis_server():
-    with private_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(database_server_url, redis_server):
-    with provisioned(database_server_url, redis_server.url) as s:
-        yield s
 
 
 def cut_pubsub(url: str, stop: threading.Event) -> None:

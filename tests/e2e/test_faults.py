@@ -19,26 +19,17 @@ from tests.e2e.faults import (
     counts,
     fault_env,
     open_accounts,
+    redis_server,  # noqa: F401 (fixture)
     report,
+    settings,  # noqa: F401 (fixture)
     writer,
 )
 from tests.e2e.procs import OzzyProcess, ozzy_processes
 from tests.integration.helpers import scalar, wait_until
-from tests.servers import private_postgres, private_redis, provisioned
+from tests.servers import private_postgres, provisioned
 
 pytestmark = pytest.mark.fault
 
-
-@pytest.fixture
-def redis_server():
-    with private_redis() as server:
-        yield server
-
-
-@pytest.fixture
-def settings(database_server_url, redis_server):
-    with provisioned(database_server_url, redis_server.url) as s:
-        yield s
 
 
 def test_redis_stopped_for_ten_seconds_writes_succeed_and_every_event_is_handled_once(settings, redis_server) -> None:
