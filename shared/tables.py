@@ -56,7 +56,8 @@ outbox = Table(
     ),
     Index("ix_ozzy_outbox_aggregate", "aggregate_id", "id"),
     Index("ix_ozzy_outbox_correlation", "correlation_id"),
-    Index("ix_ozzy_outbox_causation", "causation_id"),
+    # Only events with a cause: lookups always ask for one, and root events skip the index.
+    Index("ix_ozzy_outbox_causation", "causation_id", postgresql_where=text("causation_id IS NOT NULL")),
     Index("ix_ozzy_outbox_type_id", "event_type", "id"),
     # The log is written in time order, so a block-range index answers time ranges for a few
     # bytes per 128 pages, where a B-tree would add an entry to every insert and every dispatch.

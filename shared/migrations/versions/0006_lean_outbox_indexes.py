@@ -14,6 +14,9 @@ which the planner answers with a BitmapOr over both (bench/event_log.py: 0.2 ms 
 ranges summarise it well; a B-tree added an entry on every insert and again on every dispatch (the
 relay's update is never HOT), and its one user, a time-range filter, did not use it (the planner
 walked the primary key instead).
+
+``ix_ozzy_outbox_causation`` holds only events that have a cause. An event raised outside a
+handler has none, and its NULL entry bought nothing: every lookup asks for one cause.
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ depends_on = None
 
 def upgrade() -> None:
     op.drop_index("ix_ozzy_outbox_not_dispatched", table_name="ozzy_outbox")
+    op.drop_index("ix_ozzy_outbox_causation", table_name="ozzy_outbox")
+    op.create_index(
+        "ix_ozzy_outbox_causation", "ozzy_outbox", ["causation_id"], postgresql_where=sa.text("causation_id IS NOT NULL")
+    )
     op.drop_index("ix_ozzy_outbox_occurred_at", table_name="ozzy_outbox")
     op.create_index("ix_ozzy_outbox_occurred_at", "ozzy_outbox", ["occurred_at"], postgresql_using="brin")
 
 
 def downgrade() -> None:
+    op.drop_index("ix_ozzy_outbox_causation", table_name="ozzy_outbox")
+    op.create_index("ix_ozzy_outbox_causation", "ozzy_outbox", ["causation_id"])
     op.drop_index("ix_ozzy_outbox_occurred_at", table_name="ozzy_outbox")
     op.create_index("ix_ozzy_outbox_occurred_at", "ozzy_outbox", ["occurred_at"])
     op.create_index(
