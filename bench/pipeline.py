@@ -335,6 +335,20 @@ def scalar(rt: Runtime, query: str, **params: Any) -> Any:
 # --- 1. relay dispatch rate --------------------------------------------------------------------
 
 
+#: The baseline's claim: the relay's, without the pending deliveries it records.
+BASELINE_CLAIM = text(
+    """
+    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
+           payload::text AS payload, metadata::text AS metadata, occurred_at
+      FROM ozzy_outbox
+     WHERE dispatched_at IS NULL AND parked_at IS NULL
+     ORDER BY id
+     LIMIT :limit
+       FOR UPDATE SKIP LOCKED
+    """
+)
+
+
 def baseline_dispatch(rt: Runtime, batch_size: int, key: str) -> int:
     """The hand-written relay: same claim, one RPUSH per row in one pipeline per batch, mark, commit."""
     client = rt.redis
@@ -342,7 +356,7 @@ def baseline_dispatch(rt: Runtime, batch_size: int, key: str) -> int:
     while True:
         with rt.engine.connect() as conn:
             with conn.begin():
-                rows = conn.execute(sql.CLAIM_BATCH, {"limit": batch_size}).all()
+                rows = conn.execute(BASELINE_CLAIM, {"limit": batch_size}).all()
                 if rows:
                     pipe = client.pipeline(transaction=False)
                     for row in rows:

@@ -64,6 +64,9 @@ class Relay:
         self.runtime = runtime
         self.settings = runtime.settings
         self.by_type = handlers_by_event_type(runtime.handlers.values())
+        # The claim records one pending delivery per (event, handler) from this table, server-side.
+        routes = [(t, spec.name) for t, specs in self.by_type.items() for spec in specs]
+        self._routes = {"route_types": [t for t, _ in routes], "route_handlers": [h for _, h in routes]}
         self.stats = RelayStats()
         self.node = Node(runtime.engine, "relay", self.status)
         self.listeners: ClusterListener | None = None
@@ -102,25 +105,20 @@ class Relay:
     def dispatch_batch(self) -> int:
         """Claim, send and mark one batch in one transaction; return the number of rows claimed."""
         with self.runtime.engine.connect() as conn, conn.begin():
+            params = {"limit": self.settings.batch_size, **self._routes}
             if self.paused:
-                rows = conn.execute(
-                    sql.CLAIM_CONTROL_BATCH, {"limit": self.settings.batch_size, "types": list(CONTROL_PLANE)}
-                ).all()
+                rows = conn.execute(sql.CLAIM_CONTROL_BATCH, {**params, "types": list(CONTROL_PLANE)}).all()
             else:
-                rows = conn.execute(sql.CLAIM_BATCH, {"limit": self.settings.batch_size}).all()
+                rows = conn.execute(sql.CLAIM_BATCH, params).all()
             if not rows:
                 return 0
             known = registered_event_types()
             routable = [row for row in rows if row.event_type in known]
             self._park(conn, [row for row in rows if row.event_type not in known])
             envelopes = [envelope_json(row) for row in routable]
-            pairs = [(row, spec, env) for row, env in zip(routable, envelopes) for spec in self.by_type.get(row.event_type, ())]
-            if pairs:
-                conn.execute(
-                    sql.INSERT_PENDING,
-                    {"event_ids": [row.event_id for row, _, _ in pairs], "handlers": [s.name for _, s, _ in pairs]},
-                )
-            send(self.runtime.broker, [(spec, env) for _, spec, env in pairs])
+            send(self.runtime.broker, [
+                (spec, env) for row, env in zip(routable, envelopes) for spec in self.by_type.get(row.event_type, ())
+            ])
             if routable:
                 conn.execute(sql.DISPATCH_LOCK)
                 positions = dict(conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]}).all())

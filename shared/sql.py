@@ -12,45 +12,58 @@ INSERT_EVENT = (
     " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::uuid, %s::uuid, %s)"
 )
 
+_CLAIMED_COLUMNS = """id, event_id, event_type, event_version, aggregate_type, aggregate_id,
+               payload::text AS payload, metadata::text AS metadata, occurred_at"""
+
+#: Pending deliveries are recorded with the claim, in the transaction that later marks the rows
+#: dispatched, so PostgreSQL knows of every message Redis is given, and before any is sent, so a
+#: worker's inbox row can never be there first (the relay would then wait on the handler's
+#: transaction). The routing table (event type -> handler, one pair per element of the two arrays)
+#: comes from the relay; a row of a type it does not route gets no delivery (it is parked). ``DO
+#: NOTHING``: a worker may already have completed the pair (a message from an earlier attempt whose
+#: commit failed). The ids never leave the server: no UUID array is sent back for this INSERT.
+_RECORD_PENDING = """
+    pending AS (
+        INSERT INTO ozzy_deliveries (event_id, handler, status, enqueued_at)
+        SELECT c.event_id, r.handler, 'pending', now()
+          FROM claimed AS c
+          JOIN unnest(CAST(:route_types AS text[]), CAST(:route_handlers AS text[])) AS r(event_type, handler)
+            ON r.event_type = c.event_type
+        ON CONFLICT (event_id, handler) DO NOTHING
+    )
+"""
+
 #: The relay's claim. ``SKIP LOCKED`` lets several relays drain at once without waiting on or
 #: double-sending each other's rows; ``dispatched_at IS NULL`` (not ``id > last seen``) means a row
 #: that commits late, with an id below ones already sent, is still found. The partial index
 #: ``ix_ozzy_outbox_undispatched`` keeps this cheap however long the event log grows.
 CLAIM_BATCH = text(
-    """
-    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload::text AS payload, metadata::text AS metadata, occurred_at
-      FROM ozzy_outbox
-     WHERE dispatched_at IS NULL AND parked_at IS NULL
-     ORDER BY id
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
+    f"""
+    WITH claimed AS (
+        SELECT {_CLAIMED_COLUMNS}
+          FROM ozzy_outbox
+         WHERE dispatched_at IS NULL AND parked_at IS NULL
+         ORDER BY id
+         LIMIT :limit
+           FOR UPDATE SKIP LOCKED
+    ), {_RECORD_PENDING}
+    SELECT * FROM claimed ORDER BY id
     """
 )
 
 #: While an operator has paused the relay, only the control plane moves (commands, settings and
 #: flag changes), so the command that resumes the relay can reach it.
 CLAIM_CONTROL_BATCH = text(
-    """
-    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload::text AS payload, metadata::text AS metadata, occurred_at
-      FROM ozzy_outbox
-     WHERE dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))
-     ORDER BY id
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
-    """
-)
-
-#: Pending deliveries are recorded in the same transaction that marks the rows dispatched, so
-#: PostgreSQL knows of every message Redis was given. ``DO NOTHING``: a worker may already have
-#: completed the pair (a message from an earlier attempt whose commit failed).
-INSERT_PENDING = text(
-    """
-    INSERT INTO ozzy_deliveries (event_id, handler, status, enqueued_at)
-    SELECT e, h, 'pending', now()
-      FROM unnest(CAST(:event_ids AS uuid[]), CAST(:handlers AS text[])) AS t(e, h)
-    ON CONFLICT (event_id, handler) DO NOTHING
+    f"""
+    WITH claimed AS (
+        SELECT {_CLAIMED_COLUMNS}
+          FROM ozzy_outbox
+         WHERE dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))
+         ORDER BY id
+         LIMIT :limit
+           FOR UPDATE SKIP LOCKED
+    ), {_RECORD_PENDING}
+    SELECT * FROM claimed ORDER BY id
     """
 )
 

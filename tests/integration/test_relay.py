@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -14,10 +15,11 @@ import pytest
 from dramatiq import Message
 from sqlalchemy import text
 
+from shared import handles
 from shared.relay import Relay
 from shared.uow import write_events
 from shared.events import to_stored
-from tests.domain import Account, AccountOpened
+from tests.domain import Account, AccountOpened, DepositAudited
 from tests.integration.helpers import make_runtime, scalar
 
 
@@ -161,3 +163,43 @@ def test_one_relay_sends_each_aggregates_events_in_commit_order(runtime) -> None
     raw = runtime.redis.hmget(f"{ns}:test.count_deposit.msgs", ids)
     amounts = [Message.decode(r).args[0]["payload"]["money"]["amount"] for r in raw]
     assert amounts == [str(i) for i in range(1, 30)]
+
+
+@handles(AccountOpened, name="relaytest.second_welcome")
+def _second_welcome(event: AccountOpened, uow) -> None:  # type: ignore[no-untyped-def]
+    """A second handler of the same event type (not in the default "test." handler set)."""
+
+
+def test_the_claim_records_one_pending_delivery_per_routed_handler_and_none_for_parked_rows(clean_db) -> None:
+    # Given a relay routing AccountOpened to two handlers and Deposited to one
+    rt = make_runtime(clean_db, handler_names=["test.welcome", "relaytest.second_welcome", "test.count_deposit"])
+    try:
+        with rt.unit_of_work() as uow:
+            account = Account.open("ada")
+            uow.add(account)
+            account.deposit(Decimal("1.00"), datetime.now(timezone.utc))
+            uow.commit()
+        # ... an event of a type this code does not know, and one of a type nobody handles
+        unknown = dataclasses.replace(to_stored(AccountOpened(account_id=uuid.uuid4(), owner="x")), type="test.future")
+        unhandled = to_stored(DepositAudited(account_id=uuid.uuid4(), amount=Decimal("2.00")))
+        with rt.session_factory() as session:
+            write_events(session, [unknown, unhandled])
+            session.commit()
+        # When the relay drains
+        assert Relay(rt).drain() == 4
+        # Then each routed (event, handler) pair has exactly one pending delivery, and nothing else does
+        with rt.engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT o.event_type, d.handler FROM ozzy_deliveries d JOIN ozzy_outbox o USING (event_id)"
+                " ORDER BY 1, 2")).all()
+        assert [tuple(r) for r in rows] == [
+            ("test.account_opened", "relaytest.second_welcome"),
+            ("test.account_opened", "test.welcome"),
+            ("test.deposited", "test.count_deposit"),
+        ]
+        assert scalar(rt, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'pending'") == 3
+        assert scalar(rt, "SELECT count(*) FROM ozzy_outbox WHERE parked_at IS NOT NULL AND dispatched_at IS NULL") == 1
+        assert scalar(rt, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NOT NULL") == 3
+        assert len(queued(rt, "relaytest.second_welcome")) == 1 and len(queued(rt, "test.welcome")) == 1
+    finally:
+        rt.close()
