@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 
 #: One event into the outbox, at the driver level (psycopg placeholders; see
 #: :func:`shared.uow.write_events`). JSON arrives as text and is cast once by the server.
@@ -33,38 +33,32 @@ _RECORD_PENDING = """
     )
 """
 
+def _claim(where: str) -> TextClause:
+    return text(
+        f"""
+        WITH claimed AS (
+            SELECT {_CLAIMED_COLUMNS}
+              FROM ozzy_outbox
+             WHERE {where}
+             ORDER BY id
+             LIMIT :limit
+               FOR UPDATE SKIP LOCKED
+        ), {_RECORD_PENDING}
+        SELECT * FROM claimed ORDER BY id
+        """
+    )
+
+
 #: The relay's claim. ``SKIP LOCKED`` lets several relays drain at once without waiting on or
 #: double-sending each other's rows; ``dispatched_at IS NULL`` (not ``id > last seen``) means a row
 #: that commits late, with an id below ones already sent, is still found. The partial index
 #: ``ix_ozzy_outbox_undispatched`` keeps this cheap however long the event log grows.
-CLAIM_BATCH = text(
-    f"""
-    WITH claimed AS (
-        SELECT {_CLAIMED_COLUMNS}
-          FROM ozzy_outbox
-         WHERE dispatched_at IS NULL AND parked_at IS NULL
-         ORDER BY id
-         LIMIT :limit
-           FOR UPDATE SKIP LOCKED
-    ), {_RECORD_PENDING}
-    SELECT * FROM claimed ORDER BY id
-    """
-)
+CLAIM_BATCH = _claim("dispatched_at IS NULL AND parked_at IS NULL")
 
 #: While an operator has paused the relay, only the control plane moves (commands, settings and
 #: flag changes), so the command that resumes the relay can reach it.
-CLAIM_CONTROL_BATCH = text(
-    f"""
-    WITH claimed AS (
-        SELECT {_CLAIMED_COLUMNS}
-          FROM ozzy_outbox
-         WHERE dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))
-         ORDER BY id
-         LIMIT :limit
-           FOR UPDATE SKIP LOCKED
-    ), {_RECORD_PENDING}
-    SELECT * FROM claimed ORDER BY id
-    """
+CLAIM_CONTROL_BATCH = _claim(
+    "dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))"
 )
 
 #: Taken right before positions are assigned and held until commit (transaction-scoped): relays
