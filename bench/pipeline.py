@@ -50,10 +50,9 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from bench.bench_app import HANDLER_NAME, TABLES, BenchItem, ItemCreated, record_item  # noqa: E402
-from shared import sql  # noqa: E402
 from shared.db import Base, make_engine, migrate  # noqa: E402
 from shared.handlers import registered_handlers  # noqa: E402
-from shared.relay import Relay  # noqa: E402
+from shared.relay import Relay, mark_dispatched  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402
 from shared.config import Settings, load_settings  # noqa: E402
 from shared.uow import UnitOfWork  # noqa: E402
@@ -373,7 +372,7 @@ def baseline_dispatch(rt: Runtime, batch_size: int, key: str) -> int:
                         }
                         pipe.rpush(key, json.dumps(body, separators=(",", ":")))
                     pipe.execute()
-                    conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in rows]})
+                    mark_dispatched(conn, [row.id for row in rows])
         total += len(rows)
         if len(rows) < batch_size:
             return total

@@ -9,6 +9,7 @@ encoded again. The result is exactly what ``dramatiq.Message.encode`` produces f
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -21,7 +22,17 @@ from shared.broker import OzzyBroker
 from shared.fastchannel import queue_channel
 from shared.handlers import HandlerSpec
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str, without its wrapper
+
+
+def _text(value: str | None) -> str:
+    """A JSON string or ``null``, as ``json.dumps`` writes it (ASCII-escaped)."""
+    return "null" if value is None else _quote(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _message_head(queue: str, actor: str) -> str:
+    return f'{{"queue_name":{_quote(queue)},"actor_name":{_quote(actor)},"args":['
 
 
 def envelope_json(row: Any) -> str:
@@ -29,9 +40,9 @@ def envelope_json(row: Any) -> str:
 
     ``row.payload`` and ``row.metadata`` must be JSON text (selected as ``payload::text``)."""
     return (
-        f'{{"event_id":"{row.event_id}","type":{_dumps(row.event_type)},"version":{int(row.event_version)},'
+        f'{{"event_id":"{row.event_id}","type":{_quote(row.event_type)},"version":{int(row.event_version)},'
         f'"payload":{row.payload},"metadata":{row.metadata},"occurred_at":"{row.occurred_at.isoformat()}",'
-        f'"aggregate_type":{_dumps(row.aggregate_type)},"aggregate_id":{_dumps(row.aggregate_id)},'
+        f'"aggregate_type":{_text(row.aggregate_type)},"aggregate_id":{_text(row.aggregate_id)},'
         f'"position":{int(row.id)}}}'
     )
 
@@ -39,7 +50,7 @@ def envelope_json(row: Any) -> str:
 def message_body(spec: HandlerSpec, env_json: str, redis_id: str, now_ms: int, message_id: str | None = None) -> bytes:
     """A fresh Dramatiq message (a full retry budget) running ``spec`` on the envelope, encoded."""
     return (
-        f'{{"queue_name":{_dumps(spec.queue)},"actor_name":{_dumps(spec.name)},"args":[{env_json}],'
+        f'{_message_head(spec.queue, spec.name)}{env_json}],'
         f'"kwargs":{{}},"options":{{"redis_message_id":"{redis_id}"}},'
         f'"message_id":"{message_id or uuid.uuid4()}","message_timestamp":{now_ms}}}'
     ).encode()

@@ -30,6 +30,7 @@ from shared import settings as shared_settings
 from shared.chores import Lease, run_retention
 from shared.cluster import ClusterListener, start_listeners
 from shared.dispatch import envelope_json, send
+from shared.errors import OzzyError
 from shared.events import registered_event_types
 from shared.fastchannel import Subscriber, events_channel, relay_channel
 from shared.handlers import HandlerSpec, handlers_by_event_type, import_handler_modules
@@ -121,7 +122,7 @@ class Relay:
             ])
             if routable:
                 conn.execute(sql.DISPATCH_LOCK)
-                positions = dict(conn.execute(sql.MARK_DISPATCHED, {"ids": [row.id for row in routable]}).all())
+                positions = mark_dispatched(conn, [row.id for row in routable])
         self.stats.dispatched += len(routable)
         self.stats.batches += 1
         if routable:
@@ -251,6 +252,16 @@ class Relay:
             except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
                 self.stats.errors += 1
                 log.warning("drain failed, retrying at the next poll: %s", exc)
+
+
+def mark_dispatched(conn: Connection, ids: list[int]) -> dict[int, int]:
+    """Mark the claimed rows ``ids`` dispatched (the caller holds :data:`sql.DISPATCH_LOCK`);
+    return each row's dispatch position, given in id order."""
+    ids = sorted(ids)
+    base, marked = conn.execute(sql.MARK_DISPATCHED, {"ids": ids}).one()
+    if marked != len(ids):  # the rows are locked by this transaction: this is a bug, not a race
+        raise OzzyError(f"marked {marked} of {len(ids)} claimed rows dispatched")
+    return {row_id: base + k for k, row_id in enumerate(ids, 1)}
 
 
 def relay_runtime(runtime: Runtime) -> Runtime:

@@ -34,6 +34,7 @@ _RECORD_PENDING = """
 """
 
 def _claim(where: str) -> TextClause:
+    # The event id goes back as text: the relay only writes it into messages.
     return text(
         f"""
         WITH claimed AS (
@@ -44,7 +45,9 @@ def _claim(where: str) -> TextClause:
              LIMIT :limit
                FOR UPDATE SKIP LOCKED
         ), {_RECORD_PENDING}
-        SELECT * FROM claimed ORDER BY id
+        SELECT id, event_id::text AS event_id, event_type, event_version, aggregate_type, aggregate_id,
+               payload, metadata, occurred_at
+          FROM claimed ORDER BY id
         """
     )
 
@@ -66,17 +69,27 @@ CLAIM_CONTROL_BATCH = _claim(
 #: ``dispatch_seq > checkpoint`` can never see position N+1 before N is committed.
 DISPATCH_LOCK = text("SELECT pg_advisory_xact_lock(7305214102011)")
 
-#: Marks a batch dispatched and numbers it in id order within the batch.
+#: Marks a batch dispatched and numbers it: ``:ids`` in ascending order get the positions
+#: ``base + 1 .. base + n``. The block is reserved with one ``nextval`` and one ``setval`` (safe
+#: under :data:`DISPATCH_LOCK`, the only place positions are assigned), not a ``nextval`` per row,
+#: and the positions are computed by the caller rather than sent back row by row. ``marked`` lets
+#: the caller check that every row was there to mark.
 MARK_DISPATCHED = text(
     """
-    UPDATE ozzy_outbox o
-       SET dispatched_at = now(), dispatch_seq = s.seq
-      FROM (SELECT id, nextval('ozzy_dispatch_seq') AS seq
-              FROM (SELECT unnest(CAST(:ids AS bigint[])) AS id ORDER BY 1) ordered) s
-     WHERE o.id = s.id
-    RETURNING o.id, o.dispatch_seq
+    WITH block AS (
+        SELECT setval('ozzy_dispatch_seq', nextval('ozzy_dispatch_seq') + cardinality(CAST(:ids AS bigint[])) - 1)
+               - cardinality(CAST(:ids AS bigint[])) AS base
+    ), marked AS (
+        UPDATE ozzy_outbox o
+           SET dispatched_at = now(), dispatch_seq = block.base + s.n
+          FROM block, unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS s(id, n)
+         WHERE o.id = s.id
+        RETURNING 1
+    )
+    SELECT block.base, (SELECT count(*) FROM marked) AS marked FROM block
     """
 )
+
 
 #: A row whose event type this code version does not know is set aside, not dropped: a newer
 #: version may have handlers for it. It stays undispatched, so nothing is lost.

@@ -56,6 +56,9 @@ def test_a_drain_dispatches_every_row_records_pending_deliveries_and_marks_rows(
     assert len({m.args[0]["event_id"] for m in messages}) == 1200
     # ... and PostgreSQL knows each delivery is pending
     assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'pending'") == 1200
+    # ... and the rows were numbered in id order, one position each, without gaps across batches
+    steps = "SELECT dispatch_seq - lag(dispatch_seq) OVER (ORDER BY id) AS step FROM ozzy_outbox"
+    assert scalar(runtime, f"SELECT array_agg(DISTINCT step) FROM ({steps}) s WHERE step IS NOT NULL") == [1]
     assert Relay(runtime).drain() == 0
 
 
@@ -89,6 +92,10 @@ def test_two_relays_at_once_dispatch_every_event_exactly_once_per_handler(runtim
     assert min(counts) > 0, counts
     ids = Counter(m.args[0]["event_id"] for m in queued(runtime, "test.welcome"))
     assert len(ids) == 4000 and set(ids.values()) == {1}
+    # ... and each row has its own dispatch position, the batches' blocks leaving no gap
+    positions = "SELECT count(DISTINCT dispatch_seq), max(dispatch_seq) - min(dispatch_seq) + 1 FROM ozzy_outbox"
+    with runtime.engine.connect() as conn:
+        assert tuple(conn.execute(text(positions)).one()) == (4000, 4000)
     for relay in relays:
         relay.runtime.close()
 
