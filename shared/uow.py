@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from itertools import chain
 from types import TracebackType
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary, WeakSet
 
 import psycopg
-from sqlalchemy import inspect
+from sqlalchemy import Connection, Engine, event, inspect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared.aggregate import Aggregate, next_sequence
-from shared.errors import ConcurrencyError
+from shared.errors import ConcurrencyError, OzzyError
 from shared.events import Event, StoredEvent, to_stored
 from shared.sql import INSERT_EVENT
 
@@ -65,18 +67,29 @@ class UnitOfWork:
     # --- transaction ----------------------------------------------------------------------------
 
     def commit(self) -> list[StoredEvent]:
-        """Save state and events atomically; return the events written by this call."""
-        written = self.flush()
+        """Save state and events atomically; return the events written by this call.
+
+        The outbox rows travel with the COMMIT itself (see :func:`write_at_commit`): the event
+        costs the transaction no round trip of its own."""
         if self._managed:
-            return written
+            return self.flush()
+        stored = self._flush_state()
+        connection = self.session.connection() if stored else None
+        if connection is not None:
+            write_at_commit(connection, stored)
         try:
             self.session.commit()
         except StaleDataError as exc:
             self.session.rollback()
             raise ConcurrencyError() from exc
-        if written and self._on_commit is not None:
+        finally:
+            leftover = _awaiting_commit.pop(connection, None) if connection is not None else None
+        if leftover is not None:
+            _write_leftover(connection, leftover)
+        self.written.extend(stored)
+        if stored and self._on_commit is not None:
             self._on_commit()
-        return written
+        return stored
 
     def flush(self) -> list[StoredEvent]:
         """Write pending state and outbox rows in the open transaction, without committing."""
@@ -140,22 +153,29 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def write_events(session: Session, stored: Sequence[StoredEvent]) -> None:
-    """Insert ``stored`` into the outbox in the session's transaction.
+    """Insert ``stored`` into the outbox in the session's transaction, now.
 
     This is the statement every business commit pays for, so it goes to the driver directly, as a
     statement psycopg prepares: through SQLAlchemy Core the same INSERT cost more Python time than
     the database took to run it (bench/pipeline.py, section 4). Driver errors are raised as
     SQLAlchemy's, like every other statement's, so callers see one kind of database error.
     """
-    connection = session.connection()
-    params = [event_params(s) for s in stored]
+    _insert(session.connection(), [event_params(s) for s in stored])
+
+
+def _insert(connection: Connection, params: list[tuple[Any, ...]], *, then_commit: bool = False) -> None:
+    """The outbox INSERT on ``connection``'s driver; with ``then_commit``, the INSERT and the COMMIT
+    go out together in one pipeline and come back in one round trip."""
     driver = connection.connection.driver_connection
     try:
         with driver.cursor() as cursor:
-            if len(params) == 1:
-                cursor.execute(INSERT_EVENT, params[0], prepare=True)
-            else:
-                cursor.executemany(INSERT_EVENT, params)
+            with driver.pipeline() if then_commit else nullcontext():
+                if len(params) == 1:
+                    cursor.execute(INSERT_EVENT, params[0], prepare=True)
+                else:
+                    cursor.executemany(INSERT_EVENT, params)
+                if then_commit:
+                    cursor.execute("COMMIT")
     except psycopg.Error as exc:
         disconnected = connection.dialect.is_disconnect(exc, driver, None)
         if disconnected:
@@ -163,6 +183,41 @@ def write_events(session: Session, stored: Sequence[StoredEvent]) -> None:
         raise DBAPIError.instance(
             INSERT_EVENT, params, exc, psycopg.Error, connection_invalidated=disconnected, dialect=connection.dialect
         ) from exc
+
+
+#: Outbox rows waiting for the COMMIT of their transaction, by the connection that will send it.
+_awaiting_commit: WeakKeyDictionary[Connection, list[tuple[Any, ...]]] = WeakKeyDictionary()
+_hooked_engines: WeakSet[Engine] = WeakSet()
+
+
+def write_at_commit(connection: Connection, stored: Sequence[StoredEvent]) -> None:
+    """Have ``stored`` inserted into the outbox right before ``connection`` commits, in the same
+    pipeline as the COMMIT.
+
+    A unit of work's transaction otherwise pays a round trip for its outbox INSERT alone. The rows
+    are written from SQLAlchemy's ``commit`` event, which fires after the session's
+    ``before_commit`` hooks and its last flush, immediately before the driver commits: they are
+    still in the transaction they describe, and an error in the INSERT fails the commit (the
+    server does not run a COMMIT queued after a failed statement)."""
+    engine = connection.engine
+    if engine not in _hooked_engines:
+        event.listen(engine, "commit", _insert_awaiting)
+        _hooked_engines.add(engine)
+    _awaiting_commit.setdefault(connection, []).extend(event_params(s) for s in stored)
+
+
+def _insert_awaiting(connection: Connection) -> None:
+    params = _awaiting_commit.pop(connection, None)
+    if params:
+        _insert(connection, params, then_commit=True)  # the driver's commit that follows finds nothing to do
+
+
+def _write_leftover(connection: Connection, params: list[tuple[Any, ...]]) -> None:
+    """The session committed without committing the connection: it is bound to a transaction that
+    somebody else began (a test's outer transaction, say). The rows go into that transaction now."""
+    if not connection.in_transaction():
+        raise OzzyError("the session committed, but its connection's COMMIT did not carry the outbox rows")
+    _insert(connection, params)
 
 
 def event_params(stored: StoredEvent) -> tuple[Any, ...]:

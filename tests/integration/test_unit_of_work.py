@@ -158,3 +158,84 @@ def test_a_database_error_in_the_outbox_write_is_sqlalchemys_and_saves_nothing(r
         uow.add(Account.open("after"))
         uow.commit()
     assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 2
+
+
+def test_a_failing_outbox_write_at_commit_fails_the_commit_and_saves_nothing(runtime, monkeypatch) -> None:
+    # Given an event id that is already in the log, which the next event will be given again
+    import shared.events
+    from sqlalchemy.exc import IntegrityError
+
+    with runtime.unit_of_work() as uow:
+        uow.add(Account.open("first"))
+        (first,) = uow.commit()
+    monkeypatch.setattr(shared.events, "new_event_id", lambda: first.event_id)
+    # When a unit of work commits state and that event (its INSERT travels with the COMMIT)
+    with pytest.raises(IntegrityError):
+        with runtime.unit_of_work() as uow:
+            uow.add(Account.open("second"))
+            uow.commit()
+    # Then the commit failed as a whole: no state, no second event
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 1
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 1
+    # And the pooled connection serves the next unit of work
+    monkeypatch.undo()
+    with runtime.unit_of_work() as uow:
+        uow.add(Account.open("third"))
+        uow.commit()
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 2
+
+
+def test_statements_of_before_commit_hooks_commit_with_the_state_and_events(runtime) -> None:
+    # Given a session hook that writes SQL when the session commits (an audit trail, say)
+    from sqlalchemy import event, text
+
+    with runtime.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE hook_audit (note text)"))
+
+    def audit(session) -> None:
+        session.execute(text("INSERT INTO hook_audit VALUES ('committed')"))
+
+    with runtime.unit_of_work() as uow:
+        event.listen(uow.session, "before_commit", audit)
+        uow.add(Account.open("hooked"))
+        uow.commit()
+    # Then the hook's row, the state and the event were all committed
+    assert scalar(runtime, "SELECT count(*) FROM hook_audit") == 1
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 1
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 1
+    # And a hook that fails stops the commit before anything is saved, events included
+    def refuse(session) -> None:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError):
+        with runtime.unit_of_work() as uow:
+            event.listen(uow.session, "before_commit", refuse)
+            uow.add(Account.open("refused"))
+            uow.commit()
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 1
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 1
+    with runtime.unit_of_work() as uow:  # nothing the refused commit left behind is written later
+        uow.add(Account.open("next"))
+        uow.commit()
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 2
+
+
+def test_a_session_joined_to_an_outer_transaction_writes_its_events_into_it(runtime) -> None:
+    # Given a session bound to a connection whose transaction somebody else began (a test's
+    # rollback-everything fixture, say), joined through a savepoint
+    from sqlalchemy.orm import Session
+
+    from shared.uow import UnitOfWork
+
+    with runtime.engine.connect() as conn:
+        outer = conn.begin()
+        with UnitOfWork(Session(bind=conn, join_transaction_mode="create_savepoint")) as uow:
+            uow.add(Account.open("inner"))
+            uow.commit()
+        # Then the state and its event are both in the outer transaction ...
+        assert conn.exec_driver_sql("SELECT count(*) FROM ozzy_outbox").scalar() == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM test_accounts").scalar() == 1
+        outer.rollback()
+    # ... and leave with it
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 0
+    assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 0
