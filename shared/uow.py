@@ -73,6 +73,16 @@ class UnitOfWork:
         costs the transaction no round trip of its own."""
         if self._managed:
             return self.flush()
+        stored = self.commit_transaction()
+        if stored and self._on_commit is not None:
+            self._on_commit()
+        return stored
+
+    def commit_transaction(self) -> list[StoredEvent]:
+        """Flush, then commit the session with the pending outbox rows riding on its COMMIT.
+
+        What :meth:`commit` does, without the wake-up; the worker commits a handler's transaction
+        with it. A version conflict rolls back and raises :class:`ConcurrencyError`."""
         stored = self._flush_state()
         connection = self.session.connection() if stored else None
         if connection is not None:
@@ -87,8 +97,6 @@ class UnitOfWork:
         if leftover is not None:
             _write_leftover(connection, leftover)
         self.written.extend(stored)
-        if stored and self._on_commit is not None:
-            self._on_commit()
         return stored
 
     def flush(self) -> list[StoredEvent]:
@@ -178,11 +186,25 @@ def _insert(connection: Connection, params: list[tuple[Any, ...]], *, then_commi
                     cursor.execute("COMMIT")
     except psycopg.Error as exc:
         disconnected = connection.dialect.is_disconnect(exc, driver, None)
+        if then_commit and not disconnected:
+            disconnected = not _end_failed_transaction(driver)
         if disconnected:
             connection.invalidate(exc)
         raise DBAPIError.instance(
             INSERT_EVENT, params, exc, psycopg.Error, connection_invalidated=disconnected, dialect=connection.dialect
         ) from exc
+
+
+def _end_failed_transaction(driver: psycopg.Connection) -> bool:
+    """Roll back what a failed INSERT left aborted, as the server does when a COMMIT fails.
+
+    SQLAlchemy treats its transaction as ended once the commit was attempted, and returns the
+    connection to the pool without a rollback of its own. False if the connection is unusable."""
+    try:
+        driver.rollback()
+    except psycopg.Error:
+        return False
+    return True
 
 
 #: Outbox rows waiting for the COMMIT of their transaction, by the connection that will send it.

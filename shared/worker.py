@@ -84,8 +84,7 @@ def run_handler(runtime: Any, spec: HandlerSpec, stored: StoredEvent) -> bool:
         # Events the handler raises belong to the same conversation and are caused by this one.
         with causal_context(correlation_id=stored.correlation_id, causation_id=stored.event_id):
             spec.fn(event, uow)
-            uow.flush()
-        session.commit()
+            uow.commit_transaction()  # the handler's effects, its events and the inbox row
     except StaleDataError as exc:
         raise ConcurrencyError() from exc
     finally:

@@ -76,6 +76,27 @@ def test_a_handlers_events_are_caused_by_the_event_it_handles(runtime) -> None:
     assert child.correlation_id == stored.correlation_id
 
 
+def test_a_handler_whose_events_fail_to_commit_saves_nothing_and_runs_again(runtime, monkeypatch) -> None:
+    # Given a handler that raises an event, whose id will already be in the log at commit
+    import shared.events
+    from sqlalchemy.exc import IntegrityError
+
+    stored = opened(runtime)
+    spec = runtime.handlers["test.welcome"]
+    monkeypatch.setattr(shared.events, "new_event_id", lambda: stored.event_id)
+    # When it runs, its outbox INSERT fails together with the COMMIT it travels with
+    with pytest.raises(IntegrityError):
+        run_handler(runtime, spec, stored)
+    # Then neither its effect nor its inbox row was saved, so the next delivery runs it, once
+    assert effects(runtime, "welcome") == 0
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'done'") == 0
+    monkeypatch.undo()
+    assert run_handler(runtime, spec, stored) is True
+    assert run_handler(runtime, spec, stored) is False
+    assert effects(runtime, "welcome") == 1
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE causation_id = :id", id=stored.event_id) == 1
+
+
 def test_relay_and_worker_complete_a_chain_of_two_handlers(runtime) -> None:
     # Given a relay and a worker running in this process
     relay = Relay(runtime)
