@@ -196,10 +196,13 @@ def test_statements_of_before_commit_hooks_commit_with_the_state_and_events(runt
     def audit(session) -> None:
         session.execute(text("INSERT INTO hook_audit VALUES ('committed')"))
 
-    with runtime.unit_of_work() as uow:
-        event.listen(uow.session, "before_commit", audit)
-        uow.add(Account.open("hooked"))
-        uow.commit()
+    def commit_with_hook(hook, owner: str) -> None:
+        with runtime.unit_of_work() as uow:
+            event.listen(uow.session, "before_commit", hook)
+            uow.add(Account.open(owner))
+            uow.commit()
+
+    commit_with_hook(audit, "hooked")
     # Then the hook's row, the state and the event were all committed
     assert scalar(runtime, "SELECT count(*) FROM hook_audit") == 1
     assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 1
@@ -209,10 +212,7 @@ def test_statements_of_before_commit_hooks_commit_with_the_state_and_events(runt
         raise RuntimeError("refused")
 
     with pytest.raises(RuntimeError):
-        with runtime.unit_of_work() as uow:
-            event.listen(uow.session, "before_commit", refuse)
-            uow.add(Account.open("refused"))
-            uow.commit()
+        commit_with_hook(refuse, "refused")
     assert scalar(runtime, "SELECT count(*) FROM test_accounts") == 1
     assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 1
     with runtime.unit_of_work() as uow:  # nothing the refused commit left behind is written later
