@@ -27,7 +27,7 @@ from admin.views import (
     ReadOnlyModelView,
     SettingsView,
 )
-from shared import dynamic
+from shared.cluster import values as dynamic
 from shared.errors import ConfigurationError
 from shared.runtime import Runtime
 
@@ -38,7 +38,7 @@ __all__ = ["ReadOnlyModelView", "add_read_only_view", "init_admin"]
 
 def configure_security(app: Flask, runtime: Runtime) -> CSRFProtect:
     """SECRET_KEY (required outside dev mode), cookie flags, CSRF on every form."""
-    settings = runtime.settings
+    settings = runtime.config
     key = settings.secret_key
     if not key:
         if not settings.dev:

@@ -20,10 +20,13 @@ from admin.auth import actor, user_for_token
 from admin.db import db_session
 from admin.models import Delivery, NodeRow, OutboxEvent
 from admin.views import caused_chain, not_dispatched
-from shared.http import BadRequest
-from shared import control, deadletters, dynamic, monitoring
+from shared.web.http import BadRequest
+from shared.cluster import control
+from shared.cluster import values as dynamic
+from shared.delivery import deadletters
+from shared.ops import monitoring
 from shared.errors import ConcurrencyError
-from shared.events import causal_context
+from shared.model.events import causal_context
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 MAX_LIMIT = 500

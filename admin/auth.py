@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from shared.accounts import User, user_for_token
+from shared.ops.accounts import User, user_for_token
 
 __all__ = ["User", "actor", "bp", "login_manager", "user_for_token"]
 
@@ -35,9 +35,13 @@ def _db() -> Session:
 
 
 @login_manager.user_loader
-def _load_user(user_id: str) -> User | None:
+def _load_user(session_id: str) -> User | None:
+    """The operator of a login cookie, if that session was not ended (logout, deactivation)."""
+    user_id, _, token = session_id.partition(":")
+    if not user_id.isdigit():
+        return None
     user = _db().get(User, int(user_id))
-    return user if user is not None and user.active else None
+    return user if user is not None and user.owns_session(token) else None
 
 
 @bp.route("/admin/login", methods=["GET", "POST"])
@@ -48,6 +52,8 @@ def login():  # type: ignore[no-untyped-def]
         user = session.scalar(select(User).where(User.username == form.username.data))
         if user is not None and user.active and user.check_password(form.password.data or ""):
             user.last_login_at = datetime.now(timezone.utc)
+            if user.session_token is None:
+                user.new_session_token()
             session.commit()
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
@@ -57,6 +63,11 @@ def login():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/logout")
 def logout():  # type: ignore[no-untyped-def]
+    """End the session on the server too: a copy of the cookie taken earlier stops working."""
+    if current_user.is_authenticated:
+        user = current_user._get_current_object()
+        user.new_session_token()
+        _db().commit()
     logout_user()
     return redirect(url_for("auth.login"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import DeclarativeBase, foreign, relationship
 
-from shared.tables import deliveries, nodes, outbox
+from shared.db.tables import deliveries, nodes, outbox
 
 
 class AdminBase(DeclarativeBase):

@@ -20,8 +20,11 @@ from wtforms.validators import DataRequired, Length, Regexp
 from admin.auth import actor
 from admin.db import db_session
 from admin.models import Delivery, OutboxEvent
-from shared import control, deadletters, dynamic, monitoring
-from shared.events import causal_context
+from shared.cluster import control
+from shared.cluster import values as dynamic
+from shared.delivery import deadletters
+from shared.ops import monitoring
+from shared.model.events import causal_context
 
 
 def runtime():  # type: ignore[no-untyped-def]
@@ -227,6 +230,15 @@ class HandlerFilterMixin:
         return [(name, name) for name in sorted(runtime().handlers)]
 
 
+class EventTypeFilter(FilterEqual):
+    """Deliveries of one event type. The list query already joins each delivery's event; a filter
+    on ``OutboxEvent.event_type`` itself would make Flask-Admin add a join of its own, which it
+    cannot build without a foreign key (migration 0007 dropped it)."""
+
+    def apply(self, query, value, alias=None):  # type: ignore[no-untyped-def]
+        return query.filter(OutboxEvent.event_type == value)
+
+
 class DeliveriesView(ReadOnlyModelView):
     list_template = "admin/deliveries_list.html"
     column_default_sort = ("id", True)
@@ -242,7 +254,7 @@ class DeliveriesView(ReadOnlyModelView):
         FilterEqual(Delivery.status, "Status",
                     options=[(s, s) for s in ("pending", "retrying", "dead", "done", "resolved")]),
         FilterEqual(Delivery.handler, "Handler"),
-        FilterEqual(OutboxEvent.event_type, "Event type"),
+        EventTypeFilter(Delivery.event_id, "Event type"),
         FilterEqual(Delivery.dead_reason, "Dead reason"),
     ]
     column_formatters_detail = {"last_error": _pre}
@@ -302,7 +314,7 @@ class DeadLettersView(DeliveriesView):
                    "first_failed_at", "last_failed_at", "last_error"]
     column_filters = [
         FilterEqual(Delivery.handler, "Handler"),
-        FilterEqual(OutboxEvent.event_type, "Event type"),
+        EventTypeFilter(Delivery.event_id, "Event type"),
         FilterEqual(Delivery.dead_reason, "Dead reason"),
     ]
 

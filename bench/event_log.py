@@ -301,19 +301,17 @@ class Office:
 
 
 def build_office(stack: ExitStack, label: str, rows: int, db_url: str, redis_url: str) -> Office:
-    import workers.handlers.loans  # noqa: F401
-    import tests.handlers  # noqa: F401
     from services.app import create_app
-    from shared.accounts import create_token, create_user
-    from shared.handlers import registered_handlers
-    from tests.integration.helpers import make_runtime
+    from shared.delivery.handlers import HandlerRegistry
+    from shared.ops.accounts import create_token, create_user
+    from tests.integration.helpers import HANDLER_MODULES, make_runtime
     from tests.integration.test_back_office import csrf_token, https_client
     from tests.servers import provisioned
 
     settings = stack.enter_context(provisioned(db_url, redis_url))
     say(f"{label}: provisioned database {settings.database_url.rsplit('/', 1)[-1]}")
-    names = [n for n in registered_handlers() if n.startswith(("test.", "loans.")) and n != "test.office_flaky"]
-    runtime = make_runtime(settings, handler_names=names)
+    names = [n for n in HandlerRegistry.from_modules(HANDLER_MODULES) if n.startswith(("test.", "loans."))]
+    runtime = make_runtime(settings, handlers=names)
     stack.callback(runtime.close)
     say(f"{label}: filling ozzy_outbox with {rows:,} rows")
     stats = fill(runtime.engine, rows)

@@ -50,12 +50,14 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from bench.bench_app import HANDLER_NAME, TABLES, BenchItem, ItemCreated, record_item  # noqa: E402
-from shared.db import Base, make_engine, migrate  # noqa: E402
-from shared.handlers import registered_handlers  # noqa: E402
-from shared.relay import Relay, mark_dispatched  # noqa: E402
+from shared.db.engine import make_engine  # noqa: E402
+from shared.db.migrate import migrate  # noqa: E402
+from shared.model.base import Base  # noqa: E402
+from shared.delivery.handlers import HandlerRegistry  # noqa: E402
+from shared.delivery.relay import Relay, mark_dispatched  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402
-from shared.config import Settings, load_settings  # noqa: E402
-from shared.uow import UnitOfWork  # noqa: E402
+from shared.config import Config, load_config  # noqa: E402
+from shared.outbox.unit_of_work import SqlUnitOfWork as UnitOfWork  # noqa: E402
 
 ADMIN_URL = os.environ.get("OZZY_BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("OZZY_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -141,14 +143,14 @@ class Environment:
         self.admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
         self.created = False
         self.runtimes: list[Runtime] = []
-        self.settings: Settings | None = None
+        self.settings: Config | None = None
 
     def setup(self) -> None:
         with self.admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{self.db_name}"'))
         self.created = True
         url = make_url(ADMIN_URL).set(database=self.db_name).render_as_string(hide_password=False)
-        self.settings = load_settings(
+        self.settings = load_config(
             database_url=url,
             redis_url=REDIS_URL,
             redis_namespace=f"{self.ns_root}-main",
@@ -161,13 +163,13 @@ class Environment:
         engine.dispose()
         say(f"database {self.db_name} created and migrated; Redis namespace {self.ns_root}-*")
 
-    def section_settings(self, section: str, **update: Any) -> Settings:
+    def section_settings(self, section: str, **update: Any) -> Config:
         assert self.settings is not None
         return self.settings.model_copy(update={"redis_namespace": f"{self.ns_root}-{section}", **update})
 
-    def runtime(self, settings: Settings) -> Runtime:
-        spec = registered_handlers()[HANDLER_NAME]
-        rt = Runtime(settings, make_engine(settings), {HANDLER_NAME: spec})
+    def runtime(self, settings: Config) -> Runtime:
+        spec = HandlerRegistry.from_modules(["bench.bench_app"])[HANDLER_NAME]
+        rt = Runtime(settings, make_engine(settings), [spec])
         self.runtimes.append(rt)
         return rt
 
@@ -213,7 +215,7 @@ class Environment:
         self.admin.dispose()
 
 
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+def process_env(settings: Config, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OZZY_")}
     env.update(
         DATABASE_URL=settings.database_url,

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify
-from sqlalchemy import text
 
-from shared import http
+from shared.web import http
 from admin import add_read_only_view, init_admin
 from services.loans.model import LoanApplication
 from services.loans.web import bp as loans_bp
 from shared import Runtime, bootstrap
-from shared.fastchannel import bounded_client
+from shared.channel.pubsub import bounded_client
+from shared.db.sql import PING
 
 
 def create_app(runtime: Runtime | None = None) -> Flask:
@@ -23,7 +23,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     admin = init_admin(app, rt)
     app.extensions["csrf"].exempt(loans_bp)  # a JSON API for clients, not a cookie-authenticated form
     add_read_only_view(admin, LoanApplication, "Loan applications", category="Example", endpoint="loan_applications")
-    health_redis = bounded_client(rt.settings.redis_url, 0.5)
+    health_redis = bounded_client(rt.config.redis_url, 0.5)
 
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
@@ -46,7 +46,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
 
 def _ping_db(rt: Runtime) -> None:
     with rt.engine.connect() as conn:
-        conn.execute(text("SELECT 1"))
+        conn.execute(PING)
 
 
 def _check(probe) -> str:  # type: ignore[no-untyped-def]

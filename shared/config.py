@@ -1,4 +1,5 @@
-"""Typed settings, read from the environment at the edge of each process and passed down."""
+"""The process's configuration: typed, read from the environment at the edge of each process and
+passed down. (Runtime settings that operators change in the back office are :mod:`shared.settings`.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.errors import ConfigurationError
 
 
-class Settings(BaseSettings):
+class Config(BaseSettings):
     """Every knob of an Ozzy process. ``DATABASE_URL`` and ``REDIS_URL`` keep their conventional
     names; the tunables are read from ``OZZY_<NAME>``."""
 
@@ -99,9 +100,9 @@ class Settings(BaseSettings):
         return url
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_config(**overrides: Any) -> Config:
     """Read settings from the environment, with explicit overrides winning; raise a clear error."""
     try:
-        return Settings(**overrides)
+        return Config(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid settings: {exc}") from exc
+        raise ConfigurationError(f"invalid configuration: {exc}") from exc

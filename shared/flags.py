@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shared.store import current_store
+from shared.cluster.cache import current
 
 
 def is_enabled(name: str, default: bool = False) -> bool:
     """Whether flag ``name`` is on; ``default`` if no such flag exists."""
-    return current_store().flags().get(name, default)
+    return current().flags().get(name, default)

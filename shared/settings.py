@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.dynamic import UnknownSetting
-from shared.store import current_store
+from shared.cluster.cache import current
+from shared.cluster.values import UnknownSetting
 
 _MISSING: Any = object()
 
 
 def get(key: str, default: Any = _MISSING) -> Any:
     """The current value of setting ``key``; ``default`` (or UnknownSetting) if it does not exist."""
-    values = current_store().settings()
+    values = current().settings()
     if key in values:
         return values[key]
     if default is _MISSING:

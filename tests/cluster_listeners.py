@@ -11,8 +11,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from shared import flags
-from shared.cluster import on_every_node
-from shared.dynamic import FlagChanged
+from shared import on_every_node
+from shared.cluster.values import FlagChanged
 from tests.domain import AccountOpened, Sighting
 
 _engine = None

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import pytest
 from sqlalchemy import create_engine, text
 
-from shared.config import Settings
+from shared.config import Config
 from tests import servers
 
 
@@ -27,14 +27,14 @@ def redis_server_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_server_url: str, redis_server_url: str) -> Iterator[Settings]:
+def settings(database_server_url: str, redis_server_url: str) -> Iterator[Config]:
     """Settings for a database created for this test session and migrated to head."""
     with servers.provisioned(database_server_url, redis_server_url) as s:
         yield s
 
 
 @pytest.fixture
-def clean_db(settings: Settings) -> Iterator[Settings]:
+def clean_db(settings: Config) -> Iterator[Config]:
     """The session database, emptied of events, deliveries and test rows before the test."""
     engine = create_engine(settings.sqlalchemy_url)
     with engine.begin() as conn:

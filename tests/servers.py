@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
-    from shared.config import Settings
+    from shared.config import Config
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -175,21 +175,21 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @contextmanager
-def provisioned(database_server_url: str, redis_url: str) -> Iterator[Settings]:
+def provisioned(database_server_url: str, redis_url: str) -> Iterator[Config]:
     """Settings for a new database on the given server, migrated, with the test tables, and a new
     Redis namespace; both are removed afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from shared.db import migrate
-    from shared.config import load_settings
+    from shared.db.migrate import migrate
+    from shared.config import load_config
 
     name = f"ozzy_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(database_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(database_server_url).set(database=name).render_as_string(hide_password=False)
-    settings = load_settings(
+    settings = load_config(
         database_url=url,
         redis_url=redis_url,
         redis_namespace=f"ozzytest-{uuid.uuid4().hex[:8]}",
@@ -210,10 +210,10 @@ def provisioned(database_server_url: str, redis_url: str) -> Iterator[Settings]:
         admin.dispose()
 
 
-def _create_test_tables(settings: Settings) -> None:
+def _create_test_tables(settings: Config) -> None:
     from sqlalchemy import create_engine
 
-    from shared.db import Base
+    from shared.model.base import Base
     from tests import domain
 
     engine = create_engine(settings.sqlalchemy_url, poolclass=NullPool)
@@ -221,7 +221,7 @@ def _create_test_tables(settings: Settings) -> None:
     engine.dispose()
 
 
-def drop_redis_namespace(settings: Settings) -> None:
+def drop_redis_namespace(settings: Config) -> None:
     import redis
 
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
@@ -233,3 +233,87 @@ def drop_redis_namespace(settings: Settings) -> None:
         pass
     finally:
         client.close()
+
+
+# --- Harder faults on private servers (tests/e2e/test_faults_hard.py) ------------------------------
+# Module-level functions rather than new methods, so the classes above keep their exact behaviour.
+
+
+def freeze_redis(server: PrivateRedis) -> None:
+    """SIGSTOP the private ``redis-server``: it keeps its port and its connections but answers
+    nothing (a hung server, not a refused one). Always pair with :func:`thaw_redis`."""
+    import signal
+
+    assert server.process is not None and server.process.poll() is None, "the private Redis is not running"
+    os.kill(server.process.pid, signal.SIGSTOP)
+
+
+def thaw_redis(server: PrivateRedis) -> None:
+    """SIGCONT the private ``redis-server`` (harmless if it was not frozen or has exited)."""
+    import signal
+
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+@contextmanager
+def frozen_redis(server: PrivateRedis) -> Iterator[PrivateRedis]:
+    """The private Redis frozen for the duration of the block, and thawed whatever happens."""
+    freeze_redis(server)
+    try:
+        yield server
+    finally:
+        thaw_redis(server)
+
+
+def kill_redis(server: PrivateRedis) -> None:
+    """SIGKILL the private ``redis-server`` (no persistence: everything it held is gone). Its
+    ``start()`` then brings up an empty one on the same port."""
+    if server.process is not None:
+        if server.process.poll() is None:
+            server.process.kill()
+        server.process.wait(10)
+    server.process = None
+
+
+def postgres_processes(server: PrivatePostgres) -> list:  # type: ignore[type-arg]
+    """The private PostgreSQL's postmaster and all its children (psutil processes)."""
+    import psutil
+
+    pid_file = server.data / "postmaster.pid"
+    if not pid_file.exists():
+        return []
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().splitlines()[0]))
+        return [postmaster, *postmaster.children(recursive=True)]
+    except (psutil.NoSuchProcess, ValueError, IndexError):
+        return []
+
+
+def crash_postgres(server: PrivatePostgres, timeout: float = 10.0) -> int:
+    """SIGKILL the private postmaster and every backend at once, as a host crash would: no shutdown
+    checkpoint, open transactions cut off mid-flight, crash recovery at the next start. Returns how
+    many processes were killed."""
+    import psutil
+
+    procs = postgres_processes(server)
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    if alive:
+        raise RuntimeError(f"PostgreSQL processes survived SIGKILL: {alive}")
+    return len(procs)
+
+
+def restart_postgres_after_crash(server: PrivatePostgres) -> None:
+    """Start PostgreSQL again on the same data directory and socket after :func:`crash_postgres`
+    (pgserver still holds its handle for the folder, so ``start()`` would not start it)."""
+    if server._server is None:
+        server.start()
+        return
+    pg = server._server
+    with pg._lock:
+        pg.ensure_postgres_running()

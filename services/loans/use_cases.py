@@ -6,8 +6,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-
 from services.loans.model import LoanApplication, Notification
 from shared import UnitOfWork
 
@@ -25,9 +23,7 @@ def application_view(uow: UnitOfWork, application_id: uuid.UUID) -> dict[str, An
     app = uow.get(LoanApplication, application_id)
     if app is None:
         return None
-    notes = uow.session.scalars(
-        select(Notification).where(Notification.application_id == application_id).order_by(Notification.id)
-    ).all()
+    notes = uow.all(Notification, application_id=application_id)
     return {
         "id": str(app.id),
         "applicant_name": app.applicant_name,

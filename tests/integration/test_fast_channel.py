@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from shared.fastchannel import Subscriber
+from shared.channel.pubsub import Subscriber
 from tests.integration.helpers import wait_until
 from tests.servers import private_redis
 

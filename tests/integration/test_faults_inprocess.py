@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
 import uuid
+from collections.abc import Callable
 
 import pytest
 from click.testing import CliRunner
 
 from shared import Event, UnitOfWork, handles
 from shared.cli import main
-from shared.events import _registry, to_stored
-from shared.handlers import unregister
-from shared.relay import Relay
-from shared.sweep import redeliver_stale
-from shared.uow import write_events
+from shared.model.events import forget_event_type
+from shared.model.stored import to_stored
+from shared.delivery.relay import Relay
+from shared.delivery.recovery import redeliver_stale
+from shared.outbox.write import write_events
 from tests.domain import Account, AccountOpened, SideEffect
 from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
 
@@ -37,13 +40,24 @@ def raw_event(runtime, type_name: str, payload: dict) -> uuid.UUID:
     return stored.event_id
 
 
+def after_a_drain(relay: Relay, check: Callable[[], bool]) -> Callable[[], bool]:
+    """A ``wait_until`` predicate that drains the outbox (the handlers' own events wait there for a
+    relay), then checks."""
+
+    def predicate() -> bool:
+        relay.drain()
+        return check()
+
+    return predicate
+
+
 def effects(runtime, handler: str) -> int:
     return scalar(runtime, "SELECT count(*) FROM test_side_effects WHERE handler = :h", h=handler)
 
 
 @pytest.fixture
 def runtime(clean_db):
-    rt = make_runtime(clean_db, handler_names=["test.welcome", "test.audit"], worker_idle_ms=100)
+    rt = make_runtime(clean_db, handlers=["test.welcome", "test.audit"], worker_idle_ms=100)
     yield rt
     rt.close()
 
@@ -70,17 +84,18 @@ def test_an_unknown_event_type_is_parked_the_rest_flows_and_a_later_version_send
     def future_handler(event: FromTheFuture, uow: UnitOfWork) -> None:
         uow.add(SideEffect(handler="future", event_key=str(event.account_id)))
 
+    newer = make_runtime(runtime.config, handlers=[future_handler], worker_idle_ms=100)
     try:
-        newer = make_runtime(runtime.settings, handler_names=["test.future_handler"], worker_idle_ms=100)
         newer_relay = Relay(newer)
         assert newer_relay.unpark_known() == 1
         with running_worker(newer):
             assert newer_relay.drain() == 1
             wait_until(lambda: effects(newer, "future") == 1)
-        newer.close()
+        assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE parked_at IS NOT NULL") == 0
+        assert scalar(runtime, "SELECT dispatched_at IS NOT NULL FROM ozzy_outbox WHERE event_id = :id", id=unknown)
     finally:
-        unregister("test.future_handler")
-        _registry.pop("test.from_the_future", None)
+        newer.close()
+        forget_event_type("test.from_the_future")
 
 
 def test_a_payload_that_no_longer_validates_is_dead_with_its_reason_and_the_rest_complete(runtime) -> None:
@@ -88,7 +103,7 @@ def test_a_payload_that_no_longer_validates_is_dead_with_its_reason_and_the_rest
     open_accounts(runtime, 30)
     relay = Relay(runtime)
     with running_worker(runtime):
-        wait_until(lambda: relay.drain() >= 0 and effects(runtime, "audit") == 30 and _dead(runtime) == 1)
+        wait_until(after_a_drain(relay, lambda: effects(runtime, "audit") == 30 and _dead(runtime) == 1))
     row = _delivery(runtime, poison)
     assert (row.status, row.dead_reason, row.attempts) == ("dead", "invalid_payload", 1)
     assert "EventDecodeError" in row.last_error and row.first_failed_at and row.last_failed_at
@@ -104,20 +119,25 @@ def test_dead_letters_are_listed_and_retried_by_cli_with_a_fresh_budget(clean_db
             raise RuntimeError("downstream is down")
         uow.add(SideEffect(handler="sometimes", event_key=str(event.account_id)))
 
-    runtime = make_runtime(clean_db, handler_names=["test.sometimes"], worker_idle_ms=100)
+    runtime = make_runtime(clean_db, handlers=[sometimes], worker_idle_ms=100)
     try:
         with running_worker(runtime):
             open_accounts(runtime, 3)
             Relay(runtime).drain()
             wait_until(lambda: _dead(runtime) == 3)
-            # The CLI lists them with their reason and attempts
-            # (the CLI runs in this process, so it sees the handler registered above)
-            _env(monkeypatch, clean_db)
+            # The CLI lists them with their reason and attempts (the CLI runs in this process;
+            # the module it is told to load holds the handler declared above)
+            module = sys.modules["cli_handlers"] = types.ModuleType("cli_handlers")
+            module.sometimes = sometimes  # type: ignore[attr-defined]
+            _env(monkeypatch, clean_db, modules='["cli_handlers"]')
             listed = CliRunner().invoke(main, ["deadletters", "list", "--handler", "test.sometimes"])
             assert listed.exit_code == 0, listed.output
             assert listed.output.count("retries_exhausted") == 3 and "attempts=2" in listed.output
-            # The CLI refuses to retry without saying which
-            assert CliRunner().invoke(main, ["deadletters", "retry"]).exit_code != 0
+            # The CLI refuses to retry without saying which (a usage error), and retries nothing
+            refused = CliRunner().invoke(main, ["deadletters", "retry"])
+            assert (refused.exit_code, refused.exception is None or isinstance(refused.exception, SystemExit)) == (2, True)
+            assert "say which" in refused.output
+            assert _dead(runtime) == 3
             # When the cause is fixed and they are retried, they complete and are dead no more
             broken["on"] = False
             retried = CliRunner().invoke(main, ["deadletters", "retry", "--handler", "test.sometimes"])
@@ -126,7 +146,7 @@ def test_dead_letters_are_listed_and_retried_by_cli_with_a_fresh_budget(clean_db
         assert _dead(runtime) == 0
         assert scalar(runtime, "SELECT min(attempts) FROM ozzy_deliveries") == 3
     finally:
-        unregister("test.sometimes")
+        sys.modules.pop("cli_handlers", None)
         runtime.close()
 
 
@@ -136,31 +156,31 @@ def test_deliveries_that_redis_forgot_are_enqueued_again_and_handled_once(runtim
     Relay(runtime).drain()
     _flush_namespace(runtime)
     # When the sweep runs after the redelivery delay
-    assert redeliver_stale(runtime, runtime.handlers, older_than=3600) == 0  # not stale yet
-    sent = redeliver_stale(runtime, runtime.handlers, older_than=0, limit=1000)
+    assert redeliver_stale(runtime, older_than=3600) == 0  # not stale yet
+    sent = redeliver_stale(runtime, older_than=0, limit=1000)
     assert sent == 200
     # Then a worker handles each exactly once, and the chain continues
     with running_worker(runtime):
         relay = Relay(runtime)
-        wait_until(lambda: relay.drain() >= 0 and effects(runtime, "audit") == 200)
+        wait_until(after_a_drain(relay, lambda: effects(runtime, "audit") == 200))
     assert effects(runtime, "welcome") == 200
     # And a sweep while Redis still holds the messages does not double the queue
     open_accounts(runtime, 50)
     Relay(runtime).drain()
-    assert redeliver_stale(runtime, runtime.handlers, older_than=0, limit=1000) == 0
+    assert redeliver_stale(runtime, older_than=0, limit=1000) == 0
 
 
 def _flush_namespace(runtime) -> None:
-    keys = list(runtime.redis.scan_iter(f"{runtime.settings.redis_namespace}:*"))
+    keys = list(runtime.redis.scan_iter(f"{runtime.config.redis_namespace}:*"))
     if keys:
         runtime.redis.delete(*keys)
 
 
-def _env(monkeypatch, settings) -> None:
+def _env(monkeypatch, settings, modules: str = "[]") -> None:
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("REDIS_URL", settings.redis_url)
     monkeypatch.setenv("OZZY_REDIS_NAMESPACE", settings.redis_namespace)
-    monkeypatch.setenv("OZZY_HANDLER_MODULES", "[]")
+    monkeypatch.setenv("OZZY_HANDLER_MODULES", modules)
 
 
 def _dead(runtime) -> int:

@@ -9,17 +9,16 @@ from decimal import Decimal
 import pytest
 
 from shared import PermanentError, UnitOfWork, handles
-from shared.events import StoredEvent
-from shared.handlers import unregister
-from shared.relay import Relay
-from shared.worker import run_handler
+from shared.model.stored import StoredEvent
+from shared.delivery.relay import Relay
+from shared.delivery.worker import run_handler
 from tests.domain import Account, AccountOpened, DepositAudited, SideEffect
 from tests.integration.helpers import make_runtime, running_worker, scalar, wait_until
 
 
 @pytest.fixture
 def runtime(clean_db):
-    rt = make_runtime(clean_db, handler_names=["test.welcome", "test.audit"], worker_idle_ms=200)
+    rt = make_runtime(clean_db, handlers=["test.welcome", "test.audit"], worker_idle_ms=200)
     yield rt
     rt.close()
 
@@ -49,17 +48,21 @@ def test_concurrent_duplicates_run_the_handler_once(runtime) -> None:
     stored = opened(runtime)
     spec = runtime.handlers["test.welcome"]
     results: list[bool] = []
-    gate = threading.Barrier(8)
+    gate = threading.Barrier(8, timeout=30)
 
     def deliver() -> None:
         gate.wait()
         results.append(run_handler(runtime, spec, stored))
 
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=deliver, daemon=True) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        for t in threads:
+            if t.ident is not None:
+                t.join(60)
+    assert not any(t.is_alive() for t in threads), "a delivery is still running after a minute"
     # Then exactly one ran; the others waited on the inbox row and skipped
     assert sorted(results) == [False] * 7 + [True]
     assert effects(runtime, "welcome") == 1
@@ -78,12 +81,12 @@ def test_a_handlers_events_are_caused_by_the_event_it_handles(runtime) -> None:
 
 def test_a_handler_whose_events_fail_to_commit_saves_nothing_and_runs_again(runtime, monkeypatch) -> None:
     # Given a handler that raises an event, whose id will already be in the log at commit
-    import shared.events
+    import shared.model.stored
     from sqlalchemy.exc import IntegrityError
 
     stored = opened(runtime)
     spec = runtime.handlers["test.welcome"]
-    monkeypatch.setattr(shared.events, "new_event_id", lambda: stored.event_id)
+    monkeypatch.setattr(shared.model.stored, "new_event_id", lambda: stored.event_id)
     # When it runs, its outbox INSERT fails together with the COMMIT it travels with
     with pytest.raises(IntegrityError):
         run_handler(runtime, spec, stored)
@@ -126,7 +129,7 @@ def test_a_failing_handler_is_retried_then_succeeds_and_its_failed_attempts_roll
         if len(calls) < 3:
             raise RuntimeError(f"transient failure {len(calls)}")
 
-    runtime = make_runtime(clean_db, handler_names=["test.flaky"], worker_idle_ms=100)
+    runtime = make_runtime(clean_db, handlers=[flaky], worker_idle_ms=100)
     relay = Relay(runtime)
     try:
         with running_worker(runtime, threads=1):
@@ -138,7 +141,6 @@ def test_a_failing_handler_is_retried_then_succeeds_and_its_failed_attempts_roll
         row = _delivery(runtime)
         assert row.attempts == 3 and "transient failure 2" in row.last_error
     finally:
-        unregister("test.flaky")
         runtime.close()
 
 
@@ -151,7 +153,7 @@ def test_exhausted_retries_and_permanent_errors_end_dead_in_postgresql(clean_db)
     def refuses(event: DepositAudited, uow: UnitOfWork) -> None:
         raise PermanentError("this can never work")
 
-    runtime = make_runtime(clean_db, handler_names=["test.always_fails", "test.refuses"], worker_idle_ms=100)
+    runtime = make_runtime(clean_db, handlers=[always_fails, refuses], worker_idle_ms=100)
     try:
         with running_worker(runtime, threads=2):
             opened(runtime)
@@ -166,8 +168,6 @@ def test_exhausted_retries_and_permanent_errors_end_dead_in_postgresql(clean_db)
         assert rows["test.refuses"].attempts == 1  # no retry for a permanent error
         assert "PermanentError" in rows["test.refuses"].last_error
     finally:
-        unregister("test.always_fails")
-        unregister("test.refuses")
         runtime.close()
 
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.handlers import registered_handlers, unregister
-from shared.relay import Relay
+from shared.delivery.relay import Relay
 from tests.integration.helpers import running_worker, scalar, wait_until
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -51,9 +50,7 @@ def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, m
         order_table.drop(runtime.engine)
         runtime.close()
     finally:
-        unregister("readme_example.send_confirmation")
         sys.modules.pop("readme_example", None)
-    assert "readme_example.send_confirmation" not in registered_handlers()
 
 
 def test_the_readme_names_the_test_command_that_ci_runs() -> None:
@@ -63,10 +60,10 @@ def test_the_readme_names_the_test_command_that_ci_runs() -> None:
 
 
 def _variables() -> list[str]:
-    from shared.config import Settings
+    from shared.config import Config
 
     special = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "secret_key": "SECRET_KEY"}
-    return [special.get(name, f"OZZY_{name.upper()}") for name in Settings.model_fields]
+    return [special.get(name, f"OZZY_{name.upper()}") for name in Config.model_fields]
 
 
 @pytest.mark.parametrize("variable", _variables())

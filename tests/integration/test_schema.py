@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from shared.tables import metadata
+from shared.db.tables import metadata
 
 
 def test_the_migrated_schema_matches_shared_tables(settings) -> None:

@@ -10,9 +10,9 @@ from types import SimpleNamespace
 from dramatiq import Message
 
 from shared import Event
-from shared.dispatch import envelope_json, message_body
-from shared.events import StoredEvent, decode
-from shared.handlers import HandlerSpec
+from shared.delivery.handlers import HandlerSpec
+from shared.delivery.messages import message_body
+from shared.model.stored import StoredEvent, decode, envelope_json
 
 
 class Shipped(Event, name="unit.shipped"):
@@ -48,12 +48,12 @@ def test_the_message_body_is_what_dramatiq_encodes_for_the_same_fields() -> None
     assert (decoded.queue_name, decoded.actor_name, decoded.kwargs) == ("unit.ship_it", "unit.ship_it", {})
     assert list(decoded.args) == [json.loads(env)]
     assert decoded.options == {"redis_message_id": "redis-id-1"}
-    assert uuid.UUID(decoded.message_id) and decoded.message_timestamp == 1_700_000_000_000
+    assert uuid.UUID(decoded.message_id).version == 4 and decoded.message_timestamp == 1_700_000_000_000
     assert Message.decode(decoded.encode()) == decoded
 
 
 def test_random_ids_are_distinct_version_4_uuids() -> None:
-    from shared.dispatch import random_ids
+    from shared.delivery.messages import random_ids
 
     ids = random_ids(2000)
     parsed = [uuid.UUID(i) for i in ids]

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from shared import DuplicateEventType, Event, UnknownEventType, causal_context
 from shared.errors import EventDecodeError, EventTypeError
-from shared.events import StoredEvent, decode, event_class, to_stored
+from shared.model.events import event_class
+from shared.model.stored import StoredEvent, decode, to_stored
 
 
 class Color(enum.Enum):
@@ -59,12 +60,15 @@ def test_round_trip_through_json_keeps_every_field_type_exactly() -> None:
     # When it is stored, sent as JSON and decoded again
     wire = json.loads(json.dumps(to_stored(event).to_message()))
     back = decode(StoredEvent.from_message(wire))
-    # Then it is equal, with the same types and the same time zone offset
+    # Then it is equal, with the same types and the same time zone offset ...
     assert back == event
-    assert isinstance(back.amount, Decimal) and back.amount == Decimal("12345678.90")
-    assert back.at.utcoffset() == timedelta(hours=5, minutes=30)
+    assert isinstance(back.id, uuid.UUID) and back.id == event.id
+    assert back.at == event.at and back.at.utcoffset() == timedelta(hours=5, minutes=30)
     assert back.color is Color.BLUE
-    assert back.lines[1].price == Decimal("100")
+    # ... and the decimals keep their exact digits and exponent (equality alone ignores them:
+    # Decimal("12345678.9") == Decimal("12345678.90"))
+    assert isinstance(back.amount, Decimal)
+    assert [str(d) for d in (back.amount, back.lines[0].price, back.lines[1].price)] == ["12345678.90", "0.10", "1E+2"]
 
 
 def test_type_name_and_version_come_from_the_class_statement_not_the_module_path() -> None:
@@ -147,7 +151,7 @@ def _fields(stored: StoredEvent) -> dict:
 def test_event_ids_are_rfc_9562_version_7_and_ordered_by_millisecond(monkeypatch) -> None:
     import time
 
-    from shared.events import new_event_id
+    from shared.model.events import new_event_id
 
     clock = iter([1_800_000_000_000_000_000 + k * 1_000_000 for k in range(1000)])  # ns, 1 ms apart
     monkeypatch.setattr(time, "time_ns", lambda: next(clock))

@@ -1,0 +1,130 @@
+"""The framework's own tables, as SQLAlchemy Core objects (the migrations create them).
+
+``outbox``      the transactional outbox and the permanent domain event log, in insertion order.
+``deliveries``  one row per (event, handler): delivery state for operators and for the sweep, and the
+                idempotency inbox (a handler's effects commit together with ``status = 'done'``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+outbox = Table(
+    "ozzy_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    Column("event_type", Text, nullable=False),
+    Column("event_version", Integer, nullable=False),
+    Column("aggregate_type", Text),
+    Column("aggregate_id", Text),
+    Column("payload", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("correlation_id", UUID(as_uuid=True)),
+    Column("causation_id", UUID(as_uuid=True)),
+    Column("occurred_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("dispatched_at", DateTime(timezone=True)),
+    # A row this code version cannot route (unknown event type) waits here until retried.
+    Column("parked_at", DateTime(timezone=True)),
+    Column("park_reason", Text),
+    #: Position in dispatch order, given by the relay under a lock at commit: a reader that follows
+    #: ``dispatch_seq > checkpoint`` never skips a row, whatever order the business writes committed in.
+    Column("dispatch_seq", BigInteger),
+    # The relay's claim scans only this small index, however long the log grows.
+    Index(
+        "ix_ozzy_outbox_undispatched", "id", postgresql_where=text("dispatched_at IS NULL AND parked_at IS NULL")
+    ),
+    Index("ix_ozzy_outbox_parked", "event_type", postgresql_where=text("parked_at IS NOT NULL")),
+    Index(
+        "ix_ozzy_outbox_dispatch_seq", "dispatch_seq", unique=True, postgresql_where=text("dispatch_seq IS NOT NULL")
+    ),
+    Index("ix_ozzy_outbox_aggregate", "aggregate_id", "id"),
+    Index("ix_ozzy_outbox_correlation", "correlation_id"),
+    # Only events with a cause: lookups always ask for one, and root events skip the index.
+    Index("ix_ozzy_outbox_causation", "causation_id", postgresql_where=text("causation_id IS NOT NULL")),
+    Index("ix_ozzy_outbox_type_id", "event_type", "id"),
+    # The log is written in time order, so a block-range index answers time ranges for a few
+    # bytes per 128 pages, where a B-tree would add an entry to every insert and every dispatch.
+    Index("ix_ozzy_outbox_occurred_at", "occurred_at", postgresql_using="brin"),
+)
+
+#: Delivery states. ``pending``: enqueued, not completed; ``retrying``: failed, a retry is scheduled;
+#: ``done``: the handler's transaction committed; ``dead``: retries exhausted or a permanent error.
+PENDING, RETRYING, DONE, DEAD = "pending", "retrying", "done", "dead"
+#: An operator decided the delivery needs no run; like ``done``, it is never run again.
+RESOLVED = "resolved"
+FINISHED = (DONE, RESOLVED)
+#: The same lists as SQL, for statements and index predicates.
+FINISHED_SQL = f"('{DONE}', '{RESOLVED}')"
+OPEN_SQL = f"('{PENDING}', '{RETRYING}')"
+RETRIES_EXHAUSTED, PERMANENT_ERROR, UNKNOWN_EVENT_TYPE, INVALID_PAYLOAD = (
+    "retries_exhausted",
+    "permanent_error",
+    "unknown_event_type",
+    "invalid_payload",
+)
+
+deliveries = Table(
+    "ozzy_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    # No foreign key: its check cost the relay a third of its pending-delivery INSERT (migration
+    # 0007). Only the relay and workers write here, for events read from the log.
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("handler", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("enqueued_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("first_failed_at", DateTime(timezone=True)),
+    Column("last_failed_at", DateTime(timezone=True)),
+    #: Why a delivery is dead: retries_exhausted, permanent_error, unknown_event_type, invalid_payload.
+    Column("dead_reason", Text),
+    UniqueConstraint("event_id", "handler", name="uq_ozzy_deliveries_event_handler"),
+    # Operators and the sweep look only at unfinished work; completed rows stay out of this index.
+    Index(
+        "ix_ozzy_deliveries_open",
+        "status",
+        "handler",
+        "enqueued_at",
+        postgresql_where=text(f"status NOT IN {FINISHED_SQL}"),
+    ),
+    # Retention deletes completed deliveries by age; this index holds only those.
+    Index("ix_ozzy_deliveries_completed", "completed_at", postgresql_where=text(f"status IN {FINISHED_SQL}")),
+)
+
+#: Every running process (web, relay, worker) and its heartbeat; see :mod:`shared.nodes`.
+nodes = Table(
+    "ozzy_nodes",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("stopped_at", DateTime(timezone=True)),
+    Column("info", JSONB, nullable=False, server_default="{}"),
+    Index("ix_ozzy_nodes_heartbeat", "heartbeat_at"),
+    Index("ix_ozzy_nodes_stopped", "stopped_at"),
+)

@@ -1,0 +1,219 @@
+"""The relay: moves committed outbox rows to Redis, then marks them dispatched.
+
+A drain claims a batch of undispatched rows (``FOR UPDATE SKIP LOCKED``), records one pending
+delivery per handler, sends the whole batch to Redis in one pipeline (a pub/sub publication per event
+for live subscribers, a Dramatiq message per handler, a wake-up per queue) and commits only after
+Redis accepted it. If Redis fails, the transaction rolls back and the rows wait for the next drain.
+A row whose event type this code version does not know is parked, not sent and not lost.
+
+Drains are triggered by the fast channel (a unit of work's wake-up) or, when that is silent or down,
+by an APScheduler job every ``poll_interval`` seconds. An operator can pause the relay: then only
+the ``while_paused`` event types (the control plane, given by the composition root) move, so the
+command that resumes it can reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import BaseScheduler
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from shared.channel.pubsub import Subscriber, events_channel, relay_channel
+from shared.db import sql
+from shared.delivery.messages import send
+from shared.delivery.wiring import Wiring
+from shared.errors import OzzyError
+from shared.model.events import registered_event_types
+from shared.model.stored import envelope_json, with_dispatch_seq
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RelayStats:
+    """What the relay has done, for logs, the status API and tests."""
+
+    drains_by_notify: int = 0
+    drains_by_poll: int = 0
+    dispatched: int = 0
+    parked: int = 0
+    batches: int = 0
+    errors: int = 0
+    last_drain_at: float | None = None
+
+
+class Relay:
+    """Drains the outbox of one database into one Redis. Several may run at once."""
+
+    def __init__(self, wiring: Wiring, *, while_paused: Sequence[str] = ()) -> None:
+        self.wiring = wiring
+        self.config = wiring.config
+        self.by_type = wiring.handlers.by_event_type
+        # The claim records one pending delivery per (event, handler) from this table, server-side.
+        routes = wiring.handlers.routes()
+        self._routes = {"route_types": [t for t, _ in routes], "route_handlers": [h for _, h in routes]}
+        self._while_paused = list(while_paused)
+        self.stats = RelayStats()
+        #: An operator paused dispatching: events wait in the outbox.
+        self.paused = False
+        self._wake = threading.Event()
+        self._reason = "poll"
+        self._stopping = threading.Event()
+        self._drain_thread: threading.Thread | None = None
+        self._own_scheduler: BackgroundScheduler | None = None
+        namespace = self.config.redis_namespace
+        self._events_channel = events_channel(namespace)
+        self.subscriber = Subscriber(
+            wiring.redis,
+            [relay_channel(namespace)],
+            lambda channel, data: self.wake("notify"),
+            namespace=namespace,
+            heartbeat=self.config.fast_channel_heartbeat,
+            on_connect=lambda: self.wake("notify"),  # catch up on what was published while away
+            name="relay",
+        )
+
+    # --- one drain ------------------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Dispatch undispatched rows, batch after batch, until none remain; return how many."""
+        total = 0
+        while not self._stopping.is_set():
+            claimed = self.dispatch_batch()
+            total += claimed
+            if claimed < self.config.batch_size:
+                break
+        self.stats.last_drain_at = time.time()
+        return total
+
+    def dispatch_batch(self) -> int:
+        """Claim, send and mark one batch in one transaction; return the number of rows claimed."""
+        with self.wiring.engine.connect() as conn, conn.begin():
+            params = {"limit": self.config.batch_size, **self._routes}
+            if self.paused:
+                rows = conn.execute(sql.CLAIM_CONTROL_BATCH, {**params, "types": self._while_paused}).all()
+            else:
+                rows = conn.execute(sql.CLAIM_BATCH, params).all()
+            if not rows:
+                return 0
+            known = registered_event_types()
+            routable = [row for row in rows if row.event_type in known]
+            self._park(conn, [row for row in rows if row.event_type not in known])
+            envelopes = [envelope_json(row) for row in routable]
+            send(self.wiring.redis, self.config.redis_namespace, [
+                (spec, env) for row, env in zip(routable, envelopes) for spec in self.by_type.get(row.event_type, ())
+            ])
+            if routable:
+                conn.execute(sql.DISPATCH_LOCK)
+                positions = mark_dispatched(conn, [row.id for row in routable])
+        self.stats.dispatched += len(routable)
+        self.stats.batches += 1
+        if routable:
+            self._announce(routable, envelopes, positions)
+        return len(rows)
+
+    def _announce(self, rows: list[Any], envelopes: list[str], positions: dict[int, int]) -> None:
+        """After commit, publish the batch (a JSON array of envelopes, each with its dispatch
+        position) for live subscribers; cluster listeners read the log if this is lost."""
+        announced = [with_dispatch_seq(env, positions[row.id]) for row, env in zip(rows, envelopes)]
+        try:
+            send(self.wiring.redis, self.config.redis_namespace, [], publish=announced, channel=self._events_channel)
+        except Exception as exc:  # noqa: BLE001 - a hint only; listeners poll the log
+            log.warning("could not announce %d events on the fast channel: %s", len(envelopes), exc)
+
+    def _park(self, conn: Connection, rows: list[Any]) -> None:
+        for row in rows:
+            reason = f"unknown event type {row.event_type!r} in this code version"
+            conn.execute(sql.PARK, {"ids": [row.id], "reason": reason})
+            log.error("parked event %s (%s): %s", row.event_id, row.id, reason)
+        self.stats.parked += len(rows)
+
+    def unpark_known(self) -> int:
+        """Send back to the drain every parked row whose type this code version now knows."""
+        try:
+            with self.wiring.engine.begin() as conn:
+                count = conn.execute(sql.UNPARK, {"types": list(registered_event_types())}).rowcount
+        except SQLAlchemyError as exc:
+            log.warning("could not unpark known event types (will retry at the next start): %s", exc)
+            return 0
+        if count:
+            log.info("unparked %d events whose type is now known", count)
+        return count
+
+    def status(self) -> dict[str, Any]:
+        return {"relay": asdict(self.stats), "fast_channel": self.subscriber.status(), "paused": self.paused}
+
+    # --- running in the background --------------------------------------------------------------
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.wake("notify")
+
+    def wake(self, reason: str = "notify") -> None:
+        """Ask for a drain as soon as the current one (if any) ends."""
+        self._reason = reason
+        self._wake.set()
+
+    def start(self, scheduler: BaseScheduler | None = None) -> None:
+        """Start the drain thread and the subscriber, and poll every ``poll_interval`` seconds on
+        ``scheduler`` (the process's; without one the relay runs a scheduler of its own)."""
+        self.unpark_known()
+        self._drain_thread = threading.Thread(target=self._drain_loop, name="ozzy-relay-drain", daemon=True)
+        self._drain_thread.start()
+        self.subscriber.start()
+        if scheduler is None:
+            scheduler = self._own_scheduler = BackgroundScheduler(timezone=timezone.utc)
+        scheduler.add_job(
+            self.wake, "interval", args=("poll",), seconds=self.config.poll_interval, id="relay-poll",
+            max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc),
+        )
+        if self._own_scheduler is not None:
+            self._own_scheduler.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the current batch, then stop the relay's threads."""
+        self._stopping.set()
+        self._wake.set()
+        if self._own_scheduler is not None:
+            self._own_scheduler.shutdown(wait=True)
+        self.subscriber.stop()
+        if self._drain_thread is not None:
+            self._drain_thread.join(timeout)
+
+    def _drain_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            if self._reason == "poll":
+                self.stats.drains_by_poll += 1
+            else:
+                self.stats.drains_by_notify += 1
+            try:
+                self.drain()
+            except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
+                self.stats.errors += 1
+                log.warning("drain failed, retrying at the next poll: %s", exc)
+
+
+def mark_dispatched(conn: Connection, ids: list[int]) -> dict[int, int]:
+    """Mark the claimed rows ``ids`` dispatched (the caller holds :data:`sql.DISPATCH_LOCK`);
+    return each row's dispatch position, given in id order."""
+    ids = sorted(ids)
+    base, marked = conn.execute(sql.MARK_DISPATCHED, {"ids": ids}).one()
+    if marked != len(ids):  # the rows are locked by this transaction: this is a bug, not a race
+        raise OzzyError(f"marked {marked} of {len(ids)} claimed rows dispatched")
+    return {row_id: base + k for k, row_id in enumerate(ids, 1)}

@@ -1,0 +1,166 @@
+"""The handler side: the actor body (inbox + handler + its events, one transaction), the middleware
+that records failures, and the broker with one Dramatiq actor per handler."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import dramatiq
+from dramatiq import Middleware
+from dramatiq.broker import MessageProxy
+from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm.exc import StaleDataError
+
+from shared.db import sql
+from shared.db.tables import DEAD, INVALID_PAYLOAD, PERMANENT_ERROR, RETRIES_EXHAUSTED, RETRYING, UNKNOWN_EVENT_TYPE
+from shared.delivery.broker import OzzyBroker
+from shared.delivery.handlers import HandlerSpec
+from shared.delivery.wiring import Wiring
+from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
+from shared.model.events import causal_context
+from shared.model.stored import StoredEvent, decode
+from shared.outbox.unit_of_work import SqlUnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+def actor_function(wiring: Wiring, spec: HandlerSpec) -> Callable[[dict[str, Any]], None]:
+    """The function Dramatiq runs for ``spec``: it receives a stored event's message form."""
+
+    def handle(envelope: dict[str, Any]) -> None:
+        stored = StoredEvent.from_message(envelope)
+        pause = 0.1
+        while True:
+            try:
+                run_handler(wiring, spec, stored)
+                return
+            except DBAPIError as exc:
+                if not database_unavailable(exc):
+                    raise
+                # The handler could not even start or commit: waiting for the database costs none of
+                # its retry budget (the time limit still bounds the wait).
+                log.warning("%s: database unavailable, retrying in %.1fs: %s", spec.name, pause, exc.orig)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    handle.__name__ = spec.fn.__name__
+    handle.__qualname__ = spec.fn.__qualname__
+    handle.__module__ = spec.fn.__module__
+    return handle
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    """True for a lost or refused connection (SQLSTATE class 08, 57P, or none at connect time),
+    not for an error in the handler's own SQL."""
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return isinstance(exc, OperationalError) and (sqlstate is None or sqlstate.startswith(("08", "57P")))
+
+
+def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
+    """Run ``spec`` on ``stored`` at most once: False if the pair was already done."""
+    session = wiring.session_factory()
+    uow = SqlUnitOfWork(session, managed=True)
+    try:
+        claimed = session.execute(sql.INBOX_CLAIM, {"event_id": stored.event_id, "handler": spec.name}).first()
+        if claimed is None:
+            session.rollback()
+            log.debug("skipping %s for %s: already done", spec.name, stored.event_id)
+            return False
+        event = decode(stored)
+        # Events the handler raises belong to the same conversation and are caused by this one.
+        with causal_context(correlation_id=stored.correlation_id, causation_id=stored.event_id):
+            spec.fn(event, uow)
+            uow.commit_transaction()  # the handler's effects, its events and the inbox row
+    except StaleDataError as exc:
+        raise ConcurrencyError() from exc
+    finally:
+        session.close()
+    if uow.written:
+        wiring.wake_relays()
+    # Per event, so DEBUG: at INFO a busy worker spent a measurable share of its time on log lines.
+    log.debug("%s handled %s %s, raised %d", spec.name, stored.type, stored.event_id, len(uow.written))
+    return True
+
+
+class DeliveryState(Middleware):
+    """Records each failed attempt in ``ozzy_deliveries``: retrying, or dead once Retries gave up."""
+
+    def __init__(self, wiring: Wiring) -> None:
+        self.wiring = wiring
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: MessageProxy, *, result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        if exception is None or not message.args:
+            return
+        envelope = message.args[0]
+        status = DEAD if message.failed else RETRYING
+        error = "".join(traceback.format_exception(exception))
+        params = {
+            "event_id": envelope["event_id"],
+            "handler": message.actor_name,
+            "status": status,
+            "error": error,
+            "dead_reason": dead_reason(exception) if status == DEAD else None,
+        }
+        try:
+            with self.wiring.engine.begin() as conn:
+                conn.execute(sql.RECORD_FAILURE, params)
+        except SQLAlchemyError:
+            log.exception("could not record the failure of %s for %s", message.actor_name, envelope["event_id"])
+        if status == DEAD:
+            log.error("%s gave up on event %s: %s", message.actor_name, envelope["event_id"], exception)
+
+
+def dead_reason(exception: BaseException) -> str:
+    """Why a delivery is dead, in the words operators filter by."""
+    if isinstance(exception, UnknownEventType):
+        return UNKNOWN_EVENT_TYPE
+    if isinstance(exception, EventDecodeError):
+        return INVALID_PAYLOAD
+    if isinstance(exception, PermanentError):
+        return PERMANENT_ERROR
+    return RETRIES_EXHAUSTED
+
+
+#: Errors no retry can fix: the delivery is dead at the first failure.
+PERMANENT = (PermanentError, UnknownEventType, EventDecodeError)
+
+
+def build_broker(wiring: Wiring) -> OzzyBroker:
+    """The Dramatiq broker of this process, with its middleware and one actor per handler; also
+    set as Dramatiq's global broker (before any actor could be declared elsewhere)."""
+    c = wiring.config
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=c.time_limit_ms),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        # Dramatiq runs "after" hooks in reverse order: listed before Retries, DeliveryState runs
+        # after it and knows whether a failure will be retried or was final.
+        DeliveryState(wiring),
+        Retries(max_retries=c.max_retries, min_backoff=c.min_backoff_ms, max_backoff=c.max_backoff_ms),
+    ]
+    broker = OzzyBroker(
+        client=wiring.redis, namespace=c.redis_namespace, middleware=middleware, heartbeat_timeout=c.heartbeat_timeout_ms
+    )
+    dramatiq.set_broker(broker)
+    for spec in wiring.handlers.values():
+        dramatiq.Actor(
+            actor_function(wiring, spec),
+            broker=broker,
+            actor_name=spec.name,
+            queue_name=spec.queue,
+            priority=0,
+            options={**spec.options, "throws": PERMANENT},
+        )
+    return broker

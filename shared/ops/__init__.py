@@ -1,0 +1,1 @@
+"""Operations: housekeeping under a lease, retention, monitoring queries, operator accounts."""

@@ -1,0 +1,127 @@
+"""Writing events into the outbox: now, or with the COMMIT of their transaction.
+
+This is the statement every business commit pays for, so it goes to the driver directly, as a
+statement psycopg prepares: through SQLAlchemy Core the same INSERT cost more Python time than the
+database took to run it (bench/pipeline.py, section 4). Driver errors are raised as SQLAlchemy's,
+like every other statement's, so callers see one kind of database error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, event
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared.db.sql import INSERT_EVENT
+from shared.errors import OzzyError
+from shared.model.stored import StoredEvent
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+#: Where a connection keeps the outbox rows waiting for its COMMIT (SQLAlchemy's per-connection
+#: ``info`` dict, which lives and dies with the pooled DBAPI connection).
+_AWAITING = "ozzy_outbox_awaiting_commit"
+
+
+def write_events(session: Session, stored: Sequence[StoredEvent]) -> None:
+    """Insert ``stored`` into the outbox in the session's transaction, now."""
+    _insert(session.connection(), [event_params(s) for s in stored])
+
+
+def _insert(connection: Connection, params: list[tuple[Any, ...]], *, then_commit: bool = False) -> None:
+    """The outbox INSERT on ``connection``'s driver; with ``then_commit``, the INSERT and the COMMIT
+    go out together in one pipeline and come back in one round trip."""
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    try:
+        with driver.cursor() as cursor:
+            with driver.pipeline() if then_commit else nullcontext():
+                if len(params) == 1:
+                    cursor.execute(INSERT_EVENT, params[0], prepare=True)
+                else:
+                    cursor.executemany(INSERT_EVENT, params)
+                if then_commit:
+                    cursor.execute("COMMIT")
+    except psycopg.Error as exc:
+        disconnected = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+        if then_commit and not disconnected:
+            disconnected = not _end_failed_transaction(driver)
+        if disconnected:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            INSERT_EVENT, params, exc, psycopg.Error, connection_invalidated=disconnected, dialect=connection.dialect
+        ) from exc
+
+
+def _end_failed_transaction(driver: psycopg.Connection[Any]) -> bool:
+    """Roll back what a failed INSERT left aborted, as the server does when a COMMIT fails.
+
+    SQLAlchemy treats its transaction as ended once the commit was attempted, and returns the
+    connection to the pool without a rollback of its own. False if the connection is unusable."""
+    try:
+        driver.rollback()
+    except psycopg.Error:
+        return False
+    return True
+
+
+def write_at_commit(connection: Connection, stored: Sequence[StoredEvent]) -> dict[Any, Any]:
+    """Have ``stored`` inserted into the outbox right before ``connection`` commits, in the same
+    pipeline as the COMMIT.
+
+    A unit of work's transaction otherwise pays a round trip for its outbox INSERT alone. The rows
+    are written from SQLAlchemy's ``commit`` event, which fires after the session's
+    ``before_commit`` hooks and its last flush, immediately before the driver commits: they are
+    still in the transaction they describe, and an error in the INSERT fails the commit (the
+    server does not run a COMMIT queued after a failed statement).
+
+    Returns the connection's ``info`` dict, where the caller finds (with :func:`take_awaiting`) any
+    rows the COMMIT did not carry: they must never stay there for the connection's next user."""
+    engine = connection.engine
+    if not event.contains(engine, "commit", _insert_awaiting):
+        event.listen(engine, "commit", _insert_awaiting)
+    info = connection.info
+    info.setdefault(_AWAITING, []).extend(event_params(s) for s in stored)
+    return info
+
+
+def take_awaiting(info: dict[Any, Any]) -> list[tuple[Any, ...]] | None:
+    """The rows still waiting in a connection's ``info`` (none once its COMMIT carried them)."""
+    awaiting: list[tuple[Any, ...]] | None = info.pop(_AWAITING, None)
+    return awaiting
+
+
+def _insert_awaiting(connection: Connection) -> None:
+    params = take_awaiting(connection.info)
+    if params:
+        _insert(connection, params, then_commit=True)  # the driver's commit that follows finds nothing to do
+
+
+def write_leftover(connection: Connection, params: list[tuple[Any, ...]]) -> None:
+    """The session committed without committing the connection: it is bound to a transaction that
+    somebody else began (a test's outer transaction, say). The rows go into that transaction now."""
+    if not connection.in_transaction():
+        raise OzzyError("the session committed, but its connection's COMMIT did not carry the outbox rows")
+    _insert(connection, params)
+
+
+def event_params(stored: StoredEvent) -> tuple[Any, ...]:
+    """The parameters of :data:`shared.db.sql.INSERT_EVENT` for one event."""
+    meta = stored.metadata
+    return (
+        stored.event_id,
+        stored.type,
+        stored.version,
+        stored.aggregate_type,
+        stored.aggregate_id,
+        _dumps(stored.payload),
+        _dumps(meta),
+        meta.get("correlation_id"),
+        meta.get("causation_id"),
+        stored.occurred_at,
+    )

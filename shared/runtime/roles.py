@@ -1,0 +1,82 @@
+"""The relay and worker processes, wired: what ``ozzy relay`` and ``ozzy worker`` run."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from shared import settings as runtime_settings
+from shared.cluster.control import CONTROL_PLANE, PAUSED_HANDLERS, RELAY_PAUSED
+from shared.delivery.relay import Relay
+from shared.ops.housekeeping import Housekeeping
+from shared.runtime.process import Process
+from shared.runtime.root import Runtime, import_event_modules
+
+log = logging.getLogger(__name__)
+
+
+def run_relay(runtime: Runtime) -> int:
+    """``ozzy relay``: drain on wake-ups and every poll interval, run housekeeping under the lease,
+    until SIGTERM or SIGINT; finish the current batch, return 0."""
+    import_event_modules(runtime.config)  # so only truly unknown event types are parked
+    relay = Relay(runtime, while_paused=CONTROL_PLANE)
+    chores = Housekeeping(runtime)
+    process = Process(
+        runtime, "relay", info=lambda: {**relay.status(), "leader": chores.lease.held},
+        pause_relay=relay.pause, resume_relay=relay.resume,
+    )
+    # Until the settings are loaded, assume paused: only the control plane moves.
+    relay.paused = True
+
+    def honour_pause() -> None:
+        relay.paused = bool(runtime_settings.get(RELAY_PAUSED, False))
+
+    def start() -> None:
+        relay.start(process.scheduler)
+        process.every(runtime.config.sweep_interval, chores.run, "housekeeping", now=True)
+        log.info("relay started: %d handlers for %d event types", len(runtime.handlers), len(relay.by_type))
+
+    def stop() -> None:
+        relay.stop()
+        chores.stop()
+
+    return process.run(start=start, stop=stop, on_ready=honour_pause)
+
+
+def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str] | None = None) -> int:
+    """``ozzy worker``: consume every handler queue (or ``queues``) until SIGTERM or SIGINT, then
+    finish in-flight messages, hand back prefetched ones and return 0."""
+    broker = runtime.broker
+    worker = dramatiq.Worker(
+        broker, queues=queues, worker_threads=threads or runtime.config.worker_threads,
+        worker_timeout=runtime.config.worker_idle_ms,
+    )
+
+    def pause(name: str) -> None:
+        broker.paused_queues.add(runtime.handlers[name].queue)
+
+    def resume(name: str) -> None:
+        broker.paused_queues.discard(runtime.handlers[name].queue)
+        broker.wake_listener.wake_all()
+
+    def honour_pauses() -> None:  # once the settings are loaded (the database may be down at start)
+        for name in runtime_settings.get(PAUSED_HANDLERS, []):
+            if name in runtime.handlers:
+                broker.paused_queues.add(runtime.handlers[name].queue)
+
+    def start() -> None:
+        worker.start()
+        log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
+
+    def stop() -> None:
+        log.info("worker stopping: finishing in-flight messages")
+        worker.stop(timeout=runtime.config.time_limit_ms)
+
+    process = Process(
+        runtime, "worker",
+        info=lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads,
+                      "queues": sorted(queues or []), "paused_queues": sorted(broker.paused_queues)},
+        handlers=lambda: set(runtime.handlers), pause_handler=pause, resume_handler=resume,
+    )
+    return process.run(start=start, stop=stop, on_ready=honour_pauses)

@@ -1,0 +1,1 @@
+"""The web edge: Flask plumbing for services (:mod:`shared.web.http`) and ``ozzy web``."""
