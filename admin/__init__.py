@@ -16,7 +16,10 @@ from flask_admin.theme import Bootstrap4Theme
 from flask_wtf.csrf import CSRFProtect
 
 from admin import api, auth, db
-from admin.models import Delivery, NodeRow, OutboxEvent
+from admin.models import Delivery, NodeRow, OutboxEvent, RecurringRow, ScheduledRow
+from admin.scheduled import ScheduledView
+from admin.workflows import RecurringView, SagasView
+from shared.workflows.instances import SagaInstance
 from admin.views import (
     DashboardView,
     DeadLettersView,
@@ -79,6 +82,11 @@ def init_admin(app: Flask, runtime: Runtime) -> Admin:
         admin.add_view(DeadLettersView(Delivery, scoped, name="Dead letters", endpoint="deadletters"))
         admin.add_view(SettingsView(dynamic.Setting, scoped, name="Settings", endpoint="settings"))
         admin.add_view(FlagsView(dynamic.FeatureFlag, scoped, name="Feature flags", endpoint="flags"))
+        admin.add_view(SagasView(SagaInstance, scoped, name="Sagas", endpoint="sagas", category="Workflows"))
+        admin.add_view(ScheduledView(ScheduledRow, scoped, name="Scheduled events", endpoint="scheduled",
+                                     category="Workflows"))
+        admin.add_view(RecurringView(RecurringRow, scoped, name="Recurring jobs", endpoint="recurring",
+                                     category="Workflows"))
         admin.add_view(NodesView(NodeRow, scoped, name="Nodes", endpoint="nodes"))
     return admin
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import DeclarativeBase, foreign, relationship
 
-from shared.db.tables import deliveries, nodes, outbox
+from shared.db.tables import deliveries, nodes, outbox, recurring_jobs, scheduled
 
 
 class AdminBase(DeclarativeBase):
@@ -37,3 +37,18 @@ class Delivery(AdminBase):
 
 class NodeRow(AdminBase):
     __table__ = nodes
+
+
+class ScheduledRow(AdminBase):
+    __table__ = scheduled
+    __mapper_args__ = {"properties": {"metadata_": scheduled.c.metadata}, "exclude_properties": ["metadata"]}
+
+    def __str__(self) -> str:
+        return f"{self.event_type} due {self.due_at:%Y-%m-%d %H:%M:%S}"
+
+
+class RecurringRow(AdminBase):
+    __table__ = recurring_jobs
+
+    def __str__(self) -> str:
+        return self.name

@@ -37,7 +37,8 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         return jsonify(
             {
                 "service": "ozzy loan example",
-                "endpoints": ["POST /loan-applications", "GET /loan-applications/<id>", "GET /healthz"],
+                "endpoints": ["POST /loan-applications", "GET /loan-applications/<id>",
+                              "POST /loan-applications/<id>/accept", "GET /healthz"],
             }
         )
 

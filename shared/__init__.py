@@ -27,12 +27,15 @@ from shared.errors import (
     HandlerError,
     OzzyError,
     PermanentError,
+    SagaInstanceMissing,
     UnknownEventType,
 )
 from shared.model.aggregate import Aggregate
 from shared.model.base import Base
 from shared.model.events import Event, causal_context
 from shared.model.unit_of_work import UnitOfWork
+from shared.workflows.recurring import recurring
+from shared.workflows.sagas import Saga, SagaContext, step
 
 if TYPE_CHECKING:
     from shared.runtime.root import Runtime, bootstrap
@@ -59,6 +62,11 @@ __all__ = [
     "UnitOfWork",
     "handles",
     "on_every_node",
+    # Workflows: sagas and recurring jobs (scheduled events are uow.schedule)
+    "Saga",
+    "SagaContext",
+    "step",
+    "recurring",
     # Runtime settings and feature flags (operators change them in the back office)
     "flags",
     "settings",
@@ -75,5 +83,6 @@ __all__ = [
     "EventDecodeError",
     "HandlerError",
     "PermanentError",
+    "SagaInstanceMissing",
     "UnknownEventType",
 ]

@@ -23,9 +23,10 @@ def import_modules(names: Iterable[str]) -> list[ModuleType]:
 
 
 def marked(modules: Iterable[ModuleType], attribute: str) -> Iterator[Any]:
-    """Every value of ``attribute`` on the module-level functions of ``modules`` that carry it
-    (read from the function's own ``__dict__``: no proxy or lazy object is ever touched)."""
+    """Every value of ``attribute`` on the module-level functions and classes of ``modules`` that
+    carry it themselves (read from their own ``__dict__``: no proxy or lazy object is ever touched,
+    and a subclass does not repeat its base's mark)."""
     for module in modules:
         for value in list(vars(module).values()):
-            if isinstance(value, FunctionType) and attribute in value.__dict__:
+            if isinstance(value, (FunctionType, type)) and attribute in value.__dict__:
                 yield value.__dict__[attribute]

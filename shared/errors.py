@@ -42,5 +42,11 @@ class ConcurrencyError(OzzyError):
     """The aggregate was changed by someone else since it was loaded; nothing was saved."""
 
 
+class SagaInstanceMissing(OzzyError):
+    """No running saga instance for this event; the saga's policy is to park it (retried, then dead)."""
+
+    dead_reason = "saga_instance_missing"
+
+
 class PermanentError(OzzyError):
     """A handler failed in a way that retrying cannot fix; the delivery is dead-lettered at once."""

@@ -42,7 +42,8 @@ def clean_db(settings: Config) -> Iterator[Config]:
             text(
                 "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
                 " loan_notifications, loan_applications, ozzy_nodes, ozzy_settings, ozzy_flags,"
-                " ozzy_api_tokens, ozzy_users, ozzy_checkpoints, test_sightings CASCADE"
+                " ozzy_api_tokens, ozzy_users, ozzy_checkpoints, ozzy_scheduled, ozzy_sagas, ozzy_saga_steps, ozzy_recurring,"
+                " test_sightings CASCADE"
             )
         )
     engine.dispose()

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, 
 
 from shared.web.http import BadRequest, json_body, unit_of_work
 from services.loans import use_cases
+from services.loans.model import OfferNotAcceptable
 
 bp = Blueprint("loans", __name__)
 
@@ -49,12 +50,30 @@ def submit():  # type: ignore[no-untyped-def]
     return jsonify({"id": str(application_id), "status": "submitted"}), 201
 
 
-@bp.get("/loan-applications/<application_id>")
-def show(application_id: str):  # type: ignore[no-untyped-def]
+@bp.post("/loan-applications/<application_id>/accept")
+def accept(application_id: str):  # type: ignore[no-untyped-def]
+    """The applicant takes the offer: 200 while it is open, 409 in any other state, 404 if unknown."""
+    key = _application_id(application_id)
     try:
-        key = uuid.UUID(application_id)
+        with unit_of_work() as uow:
+            use_cases.accept_offer(uow, key)
+    except use_cases.UnknownApplication:
+        raise BadRequest("no such loan application", status=404, code="not_found") from None
+    except OfferNotAcceptable as exc:
+        raise BadRequest(f"the offer cannot be accepted: {exc}", status=409, code="conflict") from None
+    return jsonify({"id": str(key), "status": "accepted"})
+
+
+def _application_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
     except ValueError:
         raise BadRequest("no such loan application", status=404, code="not_found") from None
+
+
+@bp.get("/loan-applications/<application_id>")
+def show(application_id: str):  # type: ignore[no-untyped-def]
+    key = _application_id(application_id)
     with unit_of_work() as uow:
         view = use_cases.application_view(uow, key)
     if view is None:

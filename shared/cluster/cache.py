@@ -9,13 +9,23 @@ a cluster-wide listener on every change event, so reading costs no database roun
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.cluster import values
 from shared.cluster.listeners import ListenerSpec, listener
 from shared.errors import ConfigurationError
+
+
+class ValuesSource(Protocol):
+    """Where :mod:`shared.settings` and :mod:`shared.flags` read from."""
+
+    def settings(self) -> dict[str, Any]: ...
+
+    def flags(self) -> dict[str, bool]: ...
 
 
 class ValuesCache:
@@ -66,15 +76,26 @@ class ValuesCache:
 
 #: The values :mod:`shared.settings` and :mod:`shared.flags` read: set by the process's composition
 #: root (one per process, like Flask's ``current_app``), so business code can read a flag anywhere.
-_current: ValuesCache | None = None
+_current: ValuesSource | None = None
 
 
-def install(cache: ValuesCache) -> None:
+def install(source: ValuesSource) -> None:
     global _current
-    _current = cache
+    _current = source
 
 
-def current() -> ValuesCache:
+@contextmanager
+def installed(source: ValuesSource) -> Iterator[None]:
+    """``source`` is what settings and flags read within this block (the test kit's values)."""
+    global _current
+    previous, _current = _current, source
+    try:
+        yield
+    finally:
+        _current = previous
+
+
+def current() -> ValuesSource:
     if _current is None:
         raise ConfigurationError("no runtime: call shared.bootstrap() before reading settings or flags")
     return _current

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     BigInteger,
     Column,
     DateTime,
@@ -112,7 +113,7 @@ deliveries = Table(
     Index("ix_ozzy_deliveries_completed", "completed_at", postgresql_where=text(f"status IN {FINISHED_SQL}")),
 )
 
-#: Every running process (web, relay, worker) and its heartbeat; see :mod:`shared.nodes`.
+#: Every running process (web, relay, worker) and its heartbeat; see :mod:`shared.cluster.nodes`.
 nodes = Table(
     "ozzy_nodes",
     metadata,
@@ -127,4 +128,48 @@ nodes = Table(
     Column("info", JSONB, nullable=False, server_default="{}"),
     Index("ix_ozzy_nodes_heartbeat", "heartbeat_at"),
     Index("ix_ozzy_nodes_stopped", "stopped_at"),
+)
+
+#: Scheduled event states. ``scheduled``: waiting for its due time; ``fired``: moved into the outbox
+#: (the event log) by a relay; ``cancelled``: cancelled before it fired.
+SCHEDULED, FIRED, CANCELLED = "scheduled", "fired", "cancelled"
+
+#: Events committed now, to be delivered at ``due_at`` (see :mod:`shared.delivery.timers`).
+scheduled = Table(
+    "ozzy_scheduled",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("event_id", UUID(as_uuid=True), nullable=False, unique=True),
+    Column("event_type", Text, nullable=False),
+    Column("event_version", Integer, nullable=False),
+    Column("aggregate_type", Text),
+    Column("aggregate_id", Text),
+    Column("payload", JSONB, nullable=False),
+    Column("metadata", JSONB, nullable=False),
+    Column("due_at", DateTime(timezone=True), nullable=False),
+    #: Names at most one waiting event (a saga's timeout, a recurring job's next occurrence).
+    Column("key", Text),
+    Column("status", Text, nullable=False, server_default=SCHEDULED),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("fired_at", DateTime(timezone=True)),
+    Column("cancelled_at", DateTime(timezone=True)),
+    # The relay's timer reads only rows still waiting, earliest first.
+    Index("ix_ozzy_scheduled_due", "due_at", postgresql_where=text(f"status = '{SCHEDULED}'")),
+    Index("ux_ozzy_scheduled_key", "key", unique=True,
+          postgresql_where=text(f"status = '{SCHEDULED}' AND key IS NOT NULL")),
+    # A recurring job's occurrences, fired or not (its last run, its history).
+    Index("ix_ozzy_scheduled_key", "key", "due_at", postgresql_where=text("key IS NOT NULL")),
+)
+
+#: Recurring jobs declared in code, one row each (see :mod:`shared.workflows.recurring`).
+recurring_jobs = Table(
+    "ozzy_recurring",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("schedule", Text, nullable=False),
+    Column("missed", Text, nullable=False),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("next_due_at", DateTime(timezone=True)),
+    Column("last_due_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -94,6 +94,17 @@ def handles(
     return declare
 
 
+def specs_of(declared: Any) -> list[HandlerSpec]:
+    """The specs a declaration carries: a spec, a ``@handles`` function, or a class that declares
+    several handlers (a saga: one per step), marked with a tuple of specs."""
+    mark = declared if isinstance(declared, (HandlerSpec, tuple)) else vars(declared).get(MARK)
+    if isinstance(mark, HandlerSpec):
+        return [mark]
+    if isinstance(mark, tuple) and all(isinstance(s, HandlerSpec) for s in mark):
+        return list(mark)
+    raise HandlerError(f"{declared!r} declares no handler (@handles, or a saga)")
+
+
 def spec_of(handler: HandlerSpec | Callable[..., Any]) -> HandlerSpec:
     """The spec of a function declared with ``@handles`` (or the spec itself)."""
     if isinstance(handler, HandlerSpec):
@@ -107,10 +118,9 @@ def spec_of(handler: HandlerSpec | Callable[..., Any]) -> HandlerSpec:
 class HandlerRegistry(Mapping[str, HandlerSpec]):
     """The handlers one process runs or routes to, by name; immutable once built."""
 
-    def __init__(self, handlers: Iterable[HandlerSpec | Callable[..., Any]] = ()) -> None:
+    def __init__(self, handlers: Iterable[Any] = ()) -> None:
         self._specs: dict[str, HandlerSpec] = {}
-        for handler in handlers:
-            spec = spec_of(handler)
+        for spec in (s for declared in handlers for s in specs_of(declared)):
             existing = self._specs.get(spec.name)
             if existing is not None and existing.origin != spec.origin:
                 raise HandlerError(f"two handlers are named {spec.name!r}: {existing.origin} and {spec.origin}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -29,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.channel.pubsub import Subscriber, events_channel, relay_channel
 from shared.db import sql
+from shared.delivery import timers
 from shared.delivery.messages import send
 from shared.delivery.wiring import Wiring
 from shared.errors import OzzyError
@@ -44,6 +45,8 @@ class RelayStats:
 
     drains_by_notify: int = 0
     drains_by_poll: int = 0
+    drains_by_timer: int = 0
+    timers_fired: int = 0
     dispatched: int = 0
     parked: int = 0
     batches: int = 0
@@ -54,7 +57,8 @@ class RelayStats:
 class Relay:
     """Drains the outbox of one database into one Redis. Several may run at once."""
 
-    def __init__(self, wiring: Wiring, *, while_paused: Sequence[str] = ()) -> None:
+    def __init__(self, wiring: Wiring, *, while_paused: Sequence[str] = (),
+                 after_fire: Callable[[], None] | None = None) -> None:
         self.wiring = wiring
         self.config = wiring.config
         self.by_type = wiring.handlers.by_event_type
@@ -62,6 +66,8 @@ class Relay:
         routes = wiring.handlers.routes()
         self._routes = {"route_types": [t for t, _ in routes], "route_handlers": [h for _, h in routes]}
         self._while_paused = list(while_paused)
+        #: Called after scheduled events fired (the composition root schedules recurring jobs' next).
+        self._after_fire = after_fire
         self.stats = RelayStats()
         #: An operator paused dispatching: events wait in the outbox.
         self.paused = False
@@ -192,20 +198,37 @@ class Relay:
         if self._drain_thread is not None:
             self._drain_thread.join(timeout)
 
+    def fire_due(self) -> int:
+        """Move the scheduled events that are due into the event log (not while paused)."""
+        if self.paused:
+            return 0
+        fired = timers.fire_due(self.wiring.engine, self.config.batch_size)
+        self.stats.timers_fired += fired
+        if fired and self._after_fire is not None:
+            self._after_fire()
+        return fired
+
     def _drain_loop(self) -> None:
+        timer: float | None = 0.0  # seconds until the earliest scheduled event; None: none waits
         while not self._stopping.is_set():
-            self._wake.wait()
+            woken = self._wake.wait(timer)
             self._wake.clear()
             if self._stopping.is_set():
                 return
-            if self._reason == "poll":
+            if not woken:
+                self.stats.drains_by_timer += 1
+            elif self._reason == "poll":
                 self.stats.drains_by_poll += 1
             else:
                 self.stats.drains_by_notify += 1
             try:
+                self.fire_due()
                 self.drain()
+                timer = timers.seconds_until_next(self.wiring.engine)
+                timer = None if timer is None else min(timer, timers.MAX_WAIT)
             except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
                 self.stats.errors += 1
+                timer = None
                 log.warning("drain failed, retrying at the next poll: %s", exc)
 
 

@@ -128,7 +128,8 @@ def dead_reason(exception: BaseException) -> str:
         return INVALID_PAYLOAD
     if isinstance(exception, PermanentError):
         return PERMANENT_ERROR
-    return RETRIES_EXHAUSTED
+    reason: str = getattr(exception, "dead_reason", RETRIES_EXHAUSTED)
+    return reason
 
 
 #: Errors no retry can fix: the delivery is dead at the first failure.

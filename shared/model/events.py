@@ -106,6 +106,11 @@ def causal_context(
         _correlation.reset(correlation)
 
 
+def current_cause() -> uuid.UUID | None:
+    """The id of the event being handled right now (the cause of any event written here), if any."""
+    return _causation.get()
+
+
 def new_metadata(event_id: uuid.UUID) -> dict[str, Any]:
     """Metadata for an event being written now: correlation and causation from the context.
 

@@ -13,8 +13,9 @@ from sqlalchemy.orm.exc import StaleDataError
 from shared.errors import ConcurrencyError
 from shared.model.aggregate import Aggregate
 from shared.model.stored import StoredEvent
-from shared.model.unit_of_work import UnitOfWork
-from shared.outbox.write import take_awaiting, write_at_commit, write_events, write_leftover
+from shared.db.sql import CANCEL_SCHEDULED
+from shared.model.unit_of_work import Cancel, UnitOfWork
+from shared.outbox.write import take_awaiting, write_at_commit, write_events, write_leftover, write_timer_ops
 
 T = TypeVar("T")
 
@@ -34,6 +35,7 @@ class SqlUnitOfWork(UnitOfWork):
         self.session = session
         self._on_commit = on_commit
         self._managed = managed
+        self._timers_written = False
 
     # --- state ----------------------------------------------------------------------------------
 
@@ -53,12 +55,19 @@ class SqlUnitOfWork(UnitOfWork):
 
     # --- transaction ----------------------------------------------------------------------------
 
+    def _cancel_saved(self, cancel: Cancel) -> bool:
+        rows = self.session.execute(CANCEL_SCHEDULED, {"ids": [cancel.event_id] if cancel.event_id else [],
+                                                       "keys": [cancel.key] if cancel.key else []}).all()
+        self._timers_written = self._timers_written or bool(rows)
+        return bool(rows)
+
     def commit(self) -> list[StoredEvent]:
         if self._managed:
             return self.flush()
         stored = self.commit_transaction()
-        if stored and self._on_commit is not None:
-            self._on_commit()
+        if (stored or self._timers_written) and self._on_commit is not None:
+            self._on_commit()  # new events to relay, or a timer that may be due before the others
+        self._timers_written = False
         return stored
 
     def commit_transaction(self) -> list[StoredEvent]:
@@ -103,6 +112,10 @@ class SqlUnitOfWork(UnitOfWork):
         except StaleDataError as exc:
             self.session.rollback()
             raise ConcurrencyError() from exc
+        ops = self.take_timer_ops()
+        if ops:
+            write_timer_ops(self.session, ops)
+            self._timers_written = True
         return self.collect_events(aggregates)
 
     def rollback(self) -> None:
@@ -110,7 +123,7 @@ class SqlUnitOfWork(UnitOfWork):
         for agg in self._touched_aggregates():
             agg.pending_events().clear()
         self.session.rollback()
-        self._loose.clear()
+        self.forget_pending()
 
     def close(self) -> None:
         if not self._managed:

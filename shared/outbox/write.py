@@ -18,9 +18,10 @@ from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from shared.db.sql import INSERT_EVENT
+from shared.db.sql import INSERT_EVENT, INSERT_SCHEDULED
 from shared.errors import OzzyError
 from shared.model.stored import StoredEvent
+from shared.model.unit_of_work import Scheduled, TimerOp
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -108,6 +109,18 @@ def write_leftover(connection: Connection, params: list[tuple[Any, ...]]) -> Non
     if not connection.in_transaction():
         raise OzzyError("the session committed, but its connection's COMMIT did not carry the outbox rows")
     _insert(connection, params)
+
+
+def write_timer_ops(session: Session, ops: Sequence[TimerOp]) -> None:
+    """Write the events scheduled in this transaction (cancellations were run when asked for)."""
+    rows = [{
+        "event_id": op.stored.event_id, "event_type": op.stored.type, "event_version": op.stored.version,
+        "aggregate_type": op.stored.aggregate_type, "aggregate_id": op.stored.aggregate_id,
+        "payload": _dumps(op.stored.payload), "metadata": _dumps(op.stored.metadata), "due_at": op.due_at,
+        "key": op.key,
+    } for op in ops if isinstance(op, Scheduled)]
+    if rows:
+        session.execute(INSERT_SCHEDULED, rows)
 
 
 def event_params(stored: StoredEvent) -> tuple[Any, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared import settings as runtime_settings
 from shared.cluster.control import CONTROL_PLANE, PAUSED_HANDLERS, RELAY_PAUSED
@@ -12,6 +13,7 @@ from shared.delivery.relay import Relay
 from shared.ops.housekeeping import Housekeeping
 from shared.runtime.process import Process
 from shared.runtime.root import Runtime, import_event_modules
+from shared.workflows import recurring
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,15 @@ def run_relay(runtime: Runtime) -> int:
     """``ozzy relay``: drain on wake-ups and every poll interval, run housekeeping under the lease,
     until SIGTERM or SIGINT; finish the current batch, return 0."""
     import_event_modules(runtime.config)  # so only truly unknown event types are parked
-    relay = Relay(runtime, while_paused=CONTROL_PLANE)
+    jobs = runtime.recurring
+
+    def schedule_jobs(at_start: bool = False) -> None:
+        try:
+            recurring.ensure_scheduled(runtime.engine, jobs, at_start=at_start)
+        except SQLAlchemyError as exc:  # retried at the next sweep
+            log.warning("could not schedule recurring jobs: %s", exc)
+
+    relay = Relay(runtime, while_paused=CONTROL_PLANE, after_fire=schedule_jobs)
     chores = Housekeeping(runtime)
     process = Process(
         runtime, "relay", info=lambda: {**relay.status(), "leader": chores.lease.held},
@@ -33,6 +43,9 @@ def run_relay(runtime: Runtime) -> int:
         relay.paused = bool(runtime_settings.get(RELAY_PAUSED, False))
 
     def start() -> None:
+        if jobs:
+            schedule_jobs(at_start=True)  # first, so the missed-run policy sees what was missed
+            process.every(runtime.config.sweep_interval, schedule_jobs, "recurring-jobs")
         relay.start(process.scheduler)
         process.every(runtime.config.sweep_interval, chores.run, "housekeeping", now=True)
         log.info("relay started: %d handlers for %d event types", len(runtime.handlers), len(relay.by_type))

@@ -26,6 +26,7 @@ from shared.delivery.handlers import HandlerRegistry, HandlerSpec
 from shared.delivery.worker import build_broker
 from shared.discovery import import_modules
 from shared.outbox.unit_of_work import SqlUnitOfWork
+from shared.workflows.recurring import RecurringJob, jobs_in
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Runtime:
         engine: Engine,
         handlers: HandlerRegistry | Iterable[HandlerSpec | Callable[..., Any]] = (),
         listeners: Iterable[ListenerSpec] = (),
+        recurring: Iterable[RecurringJob] = (),
     ) -> None:
         self.config = config
         self.engine = engine
@@ -46,6 +48,8 @@ class Runtime:
         self.handlers = handlers if isinstance(handlers, HandlerRegistry) else HandlerRegistry(handlers)
         #: The application's cluster-wide listeners (the framework adds its own per process).
         self.listeners = list(listeners)
+        #: Recurring jobs the relays of this deployment keep scheduled.
+        self.recurring = list(recurring)
         # Commands that may wait (the relay's pipeline, workers) use this client ...
         self.redis = redis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5)
         # ... the write path's wake-up uses one that gives up quickly.
@@ -83,10 +87,12 @@ def bootstrap(config: Config | None = None, *, import_handlers: bool = True) -> 
     config = config or load_config()
     handlers: HandlerRegistry = HandlerRegistry()
     listeners: list[ListenerSpec] = []
+    jobs: list[RecurringJob] = []
     if import_handlers:
         handlers = HandlerRegistry.from_modules(config.handler_modules)
         listeners = listeners_in(config.handler_modules)
-    return Runtime(config, make_engine(config), handlers, listeners)
+        jobs = jobs_in(config.handler_modules)
+    return Runtime(config, make_engine(config), handlers, listeners, jobs)
 
 
 def import_event_modules(config: Config) -> None:

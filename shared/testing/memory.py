@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import inspect
@@ -18,19 +20,52 @@ from sqlalchemy.orm import Mapper
 from shared.errors import ConcurrencyError, OzzyError
 from shared.model.aggregate import Aggregate
 from shared.model.stored import StoredEvent
-from shared.model.unit_of_work import UnitOfWork
+from shared.model.unit_of_work import Cancel, Scheduled, UnitOfWork
 
 T = TypeVar("T")
 Row = dict[str, Any]
 Key = tuple[Any, ...]
 
 
+@dataclass
+class Timer:
+    """A scheduled event in memory, as a row of ``ozzy_scheduled``."""
+
+    stored: StoredEvent
+    due_at: datetime
+    key: str | None
+    status: str = "scheduled"
+
+
 class Tables:
-    """Committed rows: class to primary key to column values; integer keys counted per class."""
+    """Committed rows: class to primary key to column values; integer keys counted per class; the
+    scheduled events; and the clock they are due by (moved by the test, never by itself)."""
 
     def __init__(self) -> None:
         self.rows: dict[type, dict[Key, Row]] = {}
         self._counters: dict[type, itertools.count[int]] = {}
+        self.timers: list[Timer] = []
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def waiting(self, cancel: Cancel) -> bool:
+        return any(t.status == "scheduled" and (t.stored.event_id == cancel.event_id or
+                                                (cancel.key is not None and t.key == cancel.key))
+                   for t in self.timers)
+
+    def apply_timer(self, op: Any) -> None:
+        """Schedule or cancel, as the SQL does (a key names one waiting event at a time)."""
+        waiting = [t for t in self.timers if t.status == "scheduled"]
+        if isinstance(op, Scheduled):
+            if op.key is not None and any(t.key == op.key for t in waiting):
+                raise OzzyError(f"a scheduled event named {op.key!r} is already waiting")
+            self.timers.append(Timer(op.stored, op.due_at, op.key))
+            return
+        for timer in waiting:
+            if timer.stored.event_id == op.event_id or (op.key is not None and timer.key == op.key):
+                timer.status = "cancelled"
 
     def of(self, cls: type) -> dict[Key, Row]:
         return self.rows.setdefault(cls, {})
@@ -121,6 +156,15 @@ class InMemoryUnitOfWork(UnitOfWork):
         chosen = [o for o in candidates if all(getattr(o, k) == v for k, v in equal.items())]
         return sorted(chosen, key=key_of)
 
+    def now(self) -> datetime:
+        return self._tables.now()
+
+    def _cancel_saved(self, cancel: Cancel) -> bool:
+        waiting = self._tables.waiting(cancel)
+        if waiting:
+            self._timer_ops.append(cancel)  # applied at commit, forgotten on rollback
+        return waiting
+
     # --- transaction ----------------------------------------------------------------------------
 
     def commit(self) -> list[StoredEvent]:
@@ -141,6 +185,8 @@ class InMemoryUnitOfWork(UnitOfWork):
         self._check_versions()
         self._count_versions()
         stored = [*self._flushed, *self._collect()]
+        for op in self.take_timer_ops():
+            self._tables.apply_timer(op)
         for obj in [*self._identity.values(), *self._new]:
             self._tables.of(type(obj))[key_of(obj)] = snapshot(obj)
         self._append_events(stored)
@@ -178,7 +224,7 @@ class InMemoryUnitOfWork(UnitOfWork):
         for obj in [*self._identity.values(), *self._new]:
             if isinstance(obj, Aggregate):
                 obj.pending_events().clear()
-        self._loose.clear()
+        self.forget_pending()
         self._forget()
 
     def _forget(self) -> None:

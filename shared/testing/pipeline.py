@@ -36,7 +36,7 @@ def run_until_idle(runtime: Runtime, *, raise_errors: bool = True, max_rounds: i
     relay = Relay(runtime)
     runs = 0
     for _ in range(max_rounds):
-        relayed = relay.drain()
+        relayed = relay.fire_due() + relay.drain()
         handled = _run_queued(runtime, raise_errors)
         runs += handled
         if relayed == 0 and handled == 0:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from shared.config import Config
 from shared.db.engine import make_engine
-from shared.delivery.handlers import HandlerRegistry, spec_of
+from shared.delivery.handlers import HandlerRegistry
 from shared.runtime import Runtime
 
 #: The modules whose handlers tests pick from by name.
@@ -26,7 +26,7 @@ def make_runtime(
     functions declared with ``@handles`` (all of ``tests.handlers`` by default)."""
     known = HandlerRegistry.from_modules(HANDLER_MODULES)
     chosen = handlers if handlers is not None else [n for n in known if n.startswith("test.")]
-    specs = [known[h] if isinstance(h, str) else spec_of(h) for h in chosen]
+    specs = [known[h] if isinstance(h, str) else h for h in chosen]
     if overrides:
         settings = settings.model_copy(update=overrides)
     return Runtime(settings, make_engine(settings), specs)

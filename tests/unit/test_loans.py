@@ -137,3 +137,75 @@ def test_a_handler_for_an_unknown_application_fails_permanently() -> None:
         store.handle(decide_application, CreditChecked(application_id=uuid.uuid4(), score=700))
     with pytest.raises(PermanentError):
         store.handle(notify_rejected, LoanRejected(application_id=uuid.uuid4(), score=1, reason="r"))
+
+
+# --- offers that expire: the loans.offer saga ------------------------------------------------------
+
+from services.loans.model import ACCEPTED, EXPIRED, OfferNotAcceptable  # noqa: E402
+from services.loans.use_cases import accept_offer  # noqa: E402
+from workers.handlers.loan_offers import LoanOffer  # noqa: E402
+from workers.handlers.loans import notify_expired  # noqa: E402
+
+OFFER_HANDLERS = [*HANDLERS, LoanOffer, notify_expired]
+
+
+def _approved(store: InMemoryStore) -> uuid.UUID:
+    email, amount, _ = _first(True)
+    with store.unit_of_work() as uow:
+        application_id = submit_application(uow, "Ada", email, amount)
+    store.run_until_idle(OFFER_HANDLERS)
+    return application_id
+
+
+def test_an_offer_not_accepted_in_time_expires_with_one_more_notification() -> None:
+    store = InMemoryStore(settings={"loans.offer_ttl_seconds": 120})
+    application_id = _approved(store)
+    app = store.get(LoanApplication, application_id)
+    assert app is not None and app.offer_expires_at is not None
+    assert (app.offer_expires_at - app.decided_at).total_seconds() == 120  # type: ignore[operator]
+    assert store.advance(119) == 0
+    assert store.advance(1) == 1
+    store.run_until_idle(OFFER_HANDLERS)
+    assert store.get(LoanApplication, application_id).status == EXPIRED  # type: ignore[union-attr]
+    assert [n.kind for n in store.all(Notification, application_id=application_id)] == ["approved", "offer_expired"]
+    with pytest.raises(OfferNotAcceptable), store.unit_of_work() as uow:
+        accept_offer(uow, application_id)
+
+
+def test_an_accepted_offer_cancels_its_deadline_and_gets_no_more_notifications() -> None:
+    store = InMemoryStore(settings={"loans.offer_ttl_seconds": 60})
+    application_id = _approved(store)
+    with store.unit_of_work() as uow:
+        accept_offer(uow, application_id)
+    assert store.scheduled() == []
+    store.run_until_idle(OFFER_HANDLERS)
+    assert store.advance(3600) == 0
+    app = store.get(LoanApplication, application_id)
+    assert app is not None and app.status == ACCEPTED
+    assert [n.kind for n in store.all(Notification, application_id=application_id)] == ["approved"]
+    with pytest.raises(OfferNotAcceptable, match="accepted"), store.unit_of_work() as uow:
+        accept_offer(uow, application_id)
+
+
+def test_the_ttl_in_force_when_the_offer_is_made_applies() -> None:
+    store = InMemoryStore(settings={"loans.offer_ttl_seconds": 30})
+    first = _approved(store)
+    store.values.settings_by_key["loans.offer_ttl_seconds"] = 300
+    second = _approved(store)
+    assert [round((e.offer_expires_at - store.get(LoanApplication, e.application_id).decided_at).total_seconds())  # type: ignore[union-attr,operator]
+            for e in store.events(LoanApproved)] == [30, 300]
+    assert store.advance(31) == 1
+    store.run_until_idle(OFFER_HANDLERS)
+    assert [store.get(LoanApplication, i).status for i in (first, second)] == [EXPIRED, APPROVED]  # type: ignore[union-attr]
+
+
+def test_rejected_or_undecided_applications_cannot_be_accepted() -> None:
+    email, amount, _ = _first(False)
+    store = InMemoryStore()
+    with store.unit_of_work() as uow:
+        application_id = submit_application(uow, "Ada", email, amount)
+    with pytest.raises(OfferNotAcceptable, match="submitted"), store.unit_of_work() as uow:
+        accept_offer(uow, application_id)
+    store.run_until_idle(OFFER_HANDLERS)
+    with pytest.raises(OfferNotAcceptable, match="rejected"), store.unit_of_work() as uow:
+        accept_offer(uow, application_id)

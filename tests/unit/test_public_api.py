@@ -37,6 +37,7 @@ def test_the_public_api_exports_what_users_write_code_against_and_nothing_intern
         "Aggregate", "Base", "Event", "causal_context", "UnitOfWork", "handles", "on_every_node", "flags", "settings",
         "Config", "Runtime", "bootstrap", "load_config", "OzzyError", "ConfigurationError", "ConcurrencyError",
         "DuplicateEventType", "EventDecodeError", "HandlerError", "PermanentError", "UnknownEventType",
+        "Saga", "SagaContext", "step", "SagaInstanceMissing", "recurring",
     }
     for name in shared.__all__:
         assert getattr(shared, name) is not None

@@ -76,3 +76,46 @@ def test_an_event_whose_payload_does_not_survive_storage_fails_as_in_production(
     object.__setattr__(bad, "payload", {"account_id": "not-a-uuid", "owner": "x"})
     with pytest.raises(EventDecodeError):
         store.handle(welcome, bad)
+
+
+def test_scheduled_events_wait_until_the_test_moves_the_clock_and_fire_once() -> None:
+    store = InMemoryStore()
+    account_id = uuid.uuid4()
+    with store.unit_of_work() as uow:
+        uow.schedule(AccountOpened(account_id=account_id, owner="later"), after=60, key="welcome-later")
+        cancelled = uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="never"), after=30)
+        uow.commit()
+    with store.unit_of_work() as uow:
+        uow.cancel_scheduled(cancelled)
+        uow.commit()
+    assert [e.owner for _, e in store.scheduled()] == ["later"]  # type: ignore[attr-defined]
+    assert store.advance(59) == 0 and store.log == []
+    assert store.advance(1) == 1
+    (fired,) = store.log
+    assert fired.metadata["due_at"] and store.scheduled() == []
+    assert store.advance(3600) == 0
+    assert store.run_until_idle([welcome]) == 1
+
+
+def test_a_key_names_one_waiting_event_and_a_rollback_schedules_nothing() -> None:
+    from shared import OzzyError
+
+    store = InMemoryStore()
+    with store.unit_of_work() as uow:
+        uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="a"), after=10, key="k")
+        uow.commit()
+    with pytest.raises(OzzyError), store.unit_of_work() as uow:
+        uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="b"), after=10, key="k")
+        uow.commit()
+    with store.unit_of_work() as uow:
+        uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="c"), after=5, key="k", replace=True)
+        uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="d"), after=1)
+        uow.rollback()
+        uow.commit()
+    assert [e.owner for _, e in store.scheduled()] == ["a"]  # type: ignore[attr-defined]
+    with store.unit_of_work() as uow:
+        uow.schedule(AccountOpened(account_id=uuid.uuid4(), owner="c"), after=5, key="k", replace=True)
+        uow.commit()
+    assert [e.owner for _, e in store.scheduled()] == ["c"]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError):
+        store.unit_of_work().schedule(AccountOpened(account_id=uuid.uuid4(), owner="x"))

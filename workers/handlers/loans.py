@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from services.loans.model import (
+    DEFAULT_OFFER_TTL_SECONDS,
+    OFFER_TTL_SETTING,
     CreditChecked,
     LoanApplication,
     LoanApplicationSubmitted,
     LoanApproved,
     LoanRejected,
     Notification,
+    OfferExpired,
     credit_score,
 )
-from shared import PermanentError, UnitOfWork, handles
+from shared import PermanentError, UnitOfWork, handles, settings
 
 
 def _application(uow: UnitOfWork, application_id: object) -> LoanApplication:
@@ -31,8 +34,9 @@ def run_credit_check(event: LoanApplicationSubmitted, uow: UnitOfWork) -> None:
 
 @handles(CreditChecked, name="loans.decide", max_retries=5)
 def decide_application(event: CreditChecked, uow: UnitOfWork) -> None:
-    """Approve or reject by the documented rule."""
-    _application(uow, event.application_id).decide()
+    """Approve (an offer open for the ``loans.offer_ttl_seconds`` in force now) or reject."""
+    ttl = int(settings.get(OFFER_TTL_SETTING, DEFAULT_OFFER_TTL_SECONDS))
+    _application(uow, event.application_id).decide(offer_ttl_seconds=ttl)
 
 
 def _notify(uow: UnitOfWork, application_id: object, kind: str, subject: str) -> None:
@@ -58,3 +62,9 @@ def notify_approved(event: LoanApproved, uow: UnitOfWork) -> None:
 def notify_rejected(event: LoanRejected, uow: UnitOfWork) -> None:
     """Tell the applicant why (simulated: one notification row)."""
     _notify(uow, event.application_id, "rejected", f"Your loan application was declined: {event.reason}")
+
+
+@handles(OfferExpired, name="loans.notify_expired")
+def notify_expired(event: OfferExpired, uow: UnitOfWork) -> None:
+    """Tell the applicant the offer lapsed (simulated: one notification row)."""
+    _notify(uow, event.application_id, "offer_expired", "Your loan offer has expired")
