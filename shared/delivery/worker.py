@@ -21,6 +21,7 @@ from shared.db.tables import DEAD, INVALID_PAYLOAD, PERMANENT_ERROR, RETRIES_EXH
 from shared.delivery.broker import OzzyBroker
 from shared.delivery.handlers import HandlerSpec
 from shared.delivery.wiring import Wiring
+from shared import logs
 from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
 from shared.model.events import causal_context
 from shared.model.stored import StoredEvent, decode
@@ -65,6 +66,7 @@ def database_unavailable(exc: DBAPIError) -> bool:
 
 def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
     """Run ``spec`` on ``stored`` at most once: False if the pair was already done."""
+    started = time.perf_counter()
     session = wiring.session_factory()
     uow = SqlUnitOfWork(session, managed=True)
     try:
@@ -85,7 +87,10 @@ def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
     if uow.written:
         wiring.wake_relays()
     # Per event, so DEBUG: at INFO a busy worker spent a measurable share of its time on log lines.
-    log.debug("%s handled %s %s, raised %d", spec.name, stored.type, stored.event_id, len(uow.written))
+    # One line per event: at INFO in development; at DEBUG in production, where at INFO a busy worker
+    # spent a measurable share of its time on log lines. Ids and types only, never the payload.
+    log.log(logging.INFO if wiring.config.dev else logging.DEBUG, "%s handled %s %s in %.1f ms, raised %d",
+            spec.name, stored.type, stored.event_id, (time.perf_counter() - started) * 1000, len(uow.written))
     return True
 
 
@@ -116,8 +121,19 @@ class DeliveryState(Middleware):
                 conn.execute(sql.RECORD_FAILURE, params)
         except SQLAlchemyError:
             log.exception("could not record the failure of %s for %s", message.actor_name, envelope["event_id"])
+        # Retries has counted this failure already, unless it was one no retry can fix.
+        attempt = message.options.get("retries", 0) + (1 if isinstance(exception, PERMANENT) else 0)
+        what = (message.actor_name, envelope.get("type"), envelope["event_id"], attempt, type(exception).__name__)
         if status == DEAD:
-            log.error("%s gave up on event %s: %s", message.actor_name, envelope["event_id"], exception)
+            # The traceback once, when the delivery is dead (it is also kept in ozzy_deliveries).
+            log.error("%s gave up on %s %s after attempt %d: %s", *what, exc_info=exception)
+        else:
+            log.warning("%s failed on %s %s (attempt %d, will retry): %s: %s", *what, _first_line(exception))
+
+
+def _first_line(exception: BaseException) -> str:
+    text = str(exception).strip().splitlines()
+    return text[0][:200] if text else ""
 
 
 def dead_reason(exception: BaseException) -> str:
@@ -156,7 +172,7 @@ def build_broker(wiring: Wiring) -> OzzyBroker:
     )
     dramatiq.set_broker(broker)
     for spec in wiring.handlers.values():
-        dramatiq.Actor(
+        actor = dramatiq.Actor(
             actor_function(wiring, spec),
             broker=broker,
             actor_name=spec.name,
@@ -164,4 +180,5 @@ def build_broker(wiring: Wiring) -> OzzyBroker:
             priority=0,
             options={**spec.options, "throws": PERMANENT},
         )
+        logs.hide_payloads(actor.logger)  # whoever runs these actors: Dramatiq would log payloads
     return broker

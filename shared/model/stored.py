@@ -156,4 +156,7 @@ def decode(stored: StoredEvent) -> Event:
     try:
         return cls.model_validate(payload)
     except ValidationError as exc:
-        raise EventDecodeError(f"{stored.type} v{stored.version} {stored.event_id}: {exc}") from exc
+        # Field names and reasons only: pydantic's own message repeats the input (personal data).
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                             for e in exc.errors(include_input=False, include_url=False))
+        raise EventDecodeError(f"{stored.type} v{stored.version} {stored.event_id}: {problems}") from None

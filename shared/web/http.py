@@ -20,6 +20,9 @@ from shared.runtime.root import Runtime
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("ozzy.access")
 
+#: Paths of static files (the app's and the back office's), left out of the access log.
+STATIC_PATHS = ("/static/", "/admin/static/")
+
 #: Largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY_BYTES = 64 * 1024
 
@@ -104,7 +107,8 @@ def install(app: Flask, rt: Runtime) -> None:
     def _echo_correlation(response: Response) -> Response:
         if "correlation_id" in g:
             response.headers["X-Correlation-ID"] = str(g.correlation_id)
-        access_log.info("%s %s %d", request.method, request.full_path.rstrip("?"), response.status_code)
+        if not request.path.startswith(STATIC_PATHS):  # a page's assets are not worth a line each
+            access_log.info("%s %s %d", request.method, request.full_path.rstrip("?"), response.status_code)
         return response
 
     @app.errorhandler(BadRequest)
