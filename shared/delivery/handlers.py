@@ -28,7 +28,6 @@ HandlerFn = Callable[[Any, "UnitOfWork"], None]
 MARK = "__ozzy_handler__"
 
 _QUEUE_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9._-]*$")
-_INVALID = re.compile(r"[^a-zA-Z0-9._-]")
 
 
 @dataclass(frozen=True)
@@ -63,13 +62,19 @@ def handles(
 ) -> Callable[[F], F]:
     """Declare the decorated ``fn(event, uow)`` as a handler of ``event_type``.
 
-    ``name`` identifies the handler in the delivery log and defaults to ``module.function``; give
-    it explicitly and keep it stable once events were delivered to it. ``queue`` defaults to the
-    name. Backoffs and the time limit are in milliseconds. The function is returned unchanged, so
-    it stays directly callable (and unit-testable).
+    ``name`` is required: it is the handler's identity in the delivery log (the inbox, dead letters,
+    pauses), so it must not change when the function is renamed or moved; keep it stable once events
+    were delivered to it. ``queue`` defaults to the name. Backoffs and the time limit are in
+    milliseconds. The function is returned unchanged, so it stays directly callable (and
+    unit-testable).
     """
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise HandlerError(f"@handles needs an Event subclass, got {event_type!r}")
+    if not name:
+        raise HandlerError(
+            f"@handles({event_type.__name__}) needs name=, the handler's stable identity in the delivery log,"
+            f" for example name=\"{event_type.event_type.split('.')[0]}.<what_it_does>\""
+        )
     options = {
         k: v
         for k, v in {
@@ -82,8 +87,7 @@ def handles(
     }
 
     def declare(fn: F) -> F:
-        handler_name = name or _INVALID.sub("_", f"{fn.__module__}.{fn.__qualname__}")
-        spec = HandlerSpec(handler_name, event_type, fn, queue or handler_name, options)
+        spec = HandlerSpec(name, event_type, fn, queue or name, options)
         if not _QUEUE_NAME.match(spec.queue):
             raise HandlerError(f"handler {spec.name!r}: invalid queue name {spec.queue!r}")
         if MARK in vars(fn):

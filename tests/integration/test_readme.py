@@ -42,7 +42,7 @@ def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, m
         # Then the order and its event were saved together, and the handler ran once
         assert scalar(runtime, "SELECT count(*) FROM orders") == 1
         assert scalar(runtime, "SELECT event_type FROM ozzy_outbox") == "shop.order_placed"
-        assert "readme_example.send_confirmation" in runtime.handlers
+        assert "shop.send_confirmation" in runtime.handlers
         relay = Relay(runtime)
         with running_worker(runtime):
             relay.drain()

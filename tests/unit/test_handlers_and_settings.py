@@ -16,10 +16,10 @@ def test_handles_marks_a_spec_and_returns_the_function_unchanged() -> None:
     def on_ping(event: Pinged, uow: object) -> None:
         return None
 
-    decorated = handles(Pinged, max_retries=2, time_limit=1000)(on_ping)
+    decorated = handles(Pinged, name="unit.on_ping", max_retries=2, time_limit=1000)(on_ping)
     spec = spec_of(on_ping)
     assert decorated is on_ping
-    assert spec.name == f"{__name__}.test_handles_marks_a_spec_and_returns_the_function_unchanged._locals_.on_ping"
+    assert spec.name == "unit.on_ping"
     assert spec.event_type is Pinged
     assert spec.queue == spec.name
     assert spec.options == {"max_retries": 2, "time_limit": 1000}
@@ -58,9 +58,11 @@ def test_declaring_registers_nothing_until_a_registry_collects_the_module() -> N
         del sys.modules["unit_declared"]
 
 
-def test_handles_refuses_what_is_not_an_event_class() -> None:
+def test_handles_refuses_what_is_not_an_event_class_and_a_handler_without_a_name() -> None:
     with pytest.raises(HandlerError):
-        handles(dict)  # type: ignore[arg-type]
+        handles(dict, name="x")  # type: ignore[arg-type]
+    with pytest.raises(HandlerError, match='needs name=, .* name="unit.<what_it_does>"'):
+        handles(Pinged)
 
 
 def test_settings_read_the_environment_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
