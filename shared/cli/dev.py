@@ -72,10 +72,33 @@ def redis_binary() -> str:
         return found
 
 
-def start_redis(data_dir: Path, stack: ExitStack) -> str:
-    """An embedded Redis on a free local port, appending to a file in ``data_dir``; returns its URL."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+def stable_port(remembered: Path) -> int:
+    """The port used last time (kept in ``remembered``) if it is still free, else a new free one:
+    URLs a developer copied (into a shell, a notebook) keep working across restarts."""
+    if remembered.exists() and remembered.read_text().strip().isdigit():
+        port = int(remembered.read_text().strip())
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return port
     port = free_port()
+    remembered.write_text(f"{port}\n")
+    return port
+
+
+def write_env_file(state: Path, env: dict[str, str], stack: ExitStack) -> Path:
+    """``.ozzy/env``: the URLs of the servers this ``ozzy dev`` runs, for ``ozzy`` commands run in the
+    project meanwhile (and for a developer's shell: ``set -a; . .ozzy/env``). Removed at exit."""
+    path = state / "env"
+    path.write_text("".join(f"{k}={env[k]}\n" for k in ("DATABASE_URL", "REDIS_URL")))
+    stack.callback(lambda: path.unlink(missing_ok=True))
+    return path
+
+
+def start_redis(data_dir: Path, stack: ExitStack) -> str:
+    """An embedded Redis on a local port (the same as last time when free), appending to a file in
+    ``data_dir``; returns its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = stable_port(data_dir / "port")
     proc = subprocess.Popen(
         [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
          "--appendonly", "yes", "--save", "", "--logfile", str((data_dir / "redis.log").resolve())],
@@ -176,6 +199,7 @@ def run_dev(root: Path, port: int, demo: bool) -> int:
         if not env.get("REDIS_URL"):
             env["REDIS_URL"] = start_redis(state / "redis", stack)
             click.echo(f"embedded Redis: {env['REDIS_URL']}")
+        click.echo(f"server URLs written to {write_env_file(state, env, stack)}")
         migrate(load_config(database_url=env["DATABASE_URL"]))
         click.echo("database migrated")
         operator = ensure_dev_operator(env["DATABASE_URL"], state)
