@@ -40,14 +40,23 @@ __all__ = ["ReadOnlyModelView", "add_read_only_view", "init_admin"]
 
 
 def configure_security(app: Flask, runtime: Runtime) -> CSRFProtect:
-    """SECRET_KEY (required outside dev mode), cookie flags, CSRF on every form."""
+    """SECRET_KEY (required outside dev mode, at least 32 characters), cookie flags, CSRF on every
+    form. A missing or short key is a StartupError (a ConfigurationError) that says how to make one."""
+    from shared.config import StartupError
+
+    min_length = 32  # 32 characters of token_urlsafe carry 192 bits
     settings = runtime.config
     key = settings.secret_key
+    make_one = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
     if not key:
         if not settings.dev:
-            raise ConfigurationError("SECRET_KEY is required (set OZZY_DEV=1 only on a development machine)")
+            raise StartupError(f"SECRET_KEY is required: set it to the output of `{make_one}`"
+                               " (or OZZY_DEV=1, only on a development machine)")
         key = secrets.token_urlsafe(32)
         log.warning("dev mode: generated a SECRET_KEY; logins end when this process restarts")
+    elif len(key) < min_length and not settings.dev:
+        raise StartupError(f"SECRET_KEY is too short ({len(key)} characters, at least {min_length}):"
+                           f" set it to the output of `{make_one}`")
     app.config.update(
         SECRET_KEY=key,
         SESSION_COOKIE_HTTPONLY=True,

@@ -14,7 +14,7 @@ from sqlalchemy import select, tuple_
 from admin.api import _cursor, _limit, bp, runtime
 from admin.db import db_session
 from admin.models import ScheduledRow
-from admin.views import ReadOnlyModelView, _pretty_json
+from admin.views import ReadOnlyModelView, _pretty_json, _status_badge, _uuid
 from shared.db import sql
 from shared.db.tables import CANCELLED, FIRED, SCHEDULED
 from shared.web.http import BadRequest
@@ -99,20 +99,23 @@ def cancel_scheduled(event_id: str):  # type: ignore[no-untyped-def]
 
 
 class ScheduledView(ReadOnlyModelView):
-    column_default_sort = ("due_at", False)
+    column_default_sort = ("due_at", True)  # latest due first: what waits, then what fired most recently
     column_list = ["due_at", "event_type", "status", "key", "aggregate_id", "created_at", "fired_at", "cancelled_at"]
     column_details_list = ["id", "event_id", "event_type", "event_version", "aggregate_type", "aggregate_id", "key",
                            "due_at", "status", "created_at", "fired_at", "cancelled_at", "payload", "metadata_"]
     column_labels = {"metadata_": "Metadata", "event_type": "Type", "due_at": "Due"}
     column_sortable_list = ["due_at", "created_at"]
-    column_formatters_detail = {"payload": _pretty_json, "metadata_": _pretty_json}
+    column_formatters = {"status": _status_badge}
+    column_formatters_detail = {"payload": _pretty_json, "metadata_": _pretty_json, "status": _status_badge,
+                                "event_id": _uuid}
     column_filters = [
         FilterEqual(ScheduledRow.status, "Status", options=[(s, s) for s in STATUSES]),
         FilterEqual(ScheduledRow.event_type, "Type"),
         FilterEqual(ScheduledRow.key, "Key"),
     ]
 
-    @action("cancel", "Cancel", "Cancel the selected scheduled events? Those that already fired are left as they are.")
+    @action("cancel", "Cancel", "Cancel the {n} selected scheduled events? They will not fire; those that already"
+                                " fired are left as they are.")
     def action_cancel(self, ids: list[str]) -> None:
         event_ids = list(db_session().scalars(select(ScheduledRow.event_id).where(ScheduledRow.id.in_([int(i) for i in ids]))))
         done = cancel(event_ids)

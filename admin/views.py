@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import abort, current_app, flash, g, redirect, request, url_for
 from flask_admin import AdminIndexView, BaseView, expose, tools
+from flask_admin.model import typefmt
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla.filters import BaseSQLAFilter, DateTimeBetweenFilter, FilterEqual
@@ -19,7 +21,7 @@ from wtforms.validators import DataRequired, Length, Regexp
 
 from admin.auth import actor
 from admin.db import db_session
-from admin.models import Delivery, OutboxEvent
+from admin.models import Delivery, NodeRow, OutboxEvent
 from shared.cluster import control
 from shared.cluster import values as dynamic
 from shared.delivery import deadletters
@@ -29,6 +31,85 @@ from shared.model.events import causal_context
 
 def runtime():  # type: ignore[no-untyped-def]
     return current_app.extensions["ozzy"]
+
+
+# --- small pieces of markup shared by the views -------------------------------------------------
+
+#: Bootstrap 4 badge colour of each status the back office shows.
+BADGES = {
+    # deliveries
+    "done": "success", "pending": "warning", "retrying": "warning", "dead": "danger", "resolved": "secondary",
+    # saga instances
+    "running": "primary", "completed": "success",
+    # scheduled events
+    "scheduled": "info", "fired": "success", "cancelled": "secondary",
+    # nodes and recurring jobs
+    "live": "success", "stopped": "secondary", "gone": "secondary", "paused": "warning", "active": "success",
+}
+
+
+def badge(status: str | None) -> Markup:
+    if not status:
+        return Markup("")
+    colour = BADGES.get(status, "light")
+    return Markup(f'<span class="badge badge-{colour} status-{escape(status)}">{escape(status)}</span>')
+
+
+def short_id(value: Any, href: str | None = None) -> Markup:
+    """The last 8 characters of an id (event ids are UUIDv7: their first ones are a timestamp, shared
+    by every id of the same minute), its full value in the title, a link if given, a copy button."""
+    if value is None or value == "":
+        return Markup("")
+    full = escape(str(value))
+    text = Markup(f'<code class="short-id" title="{full}">…{escape(str(value)[-8:])}</code>')
+    if href:
+        text = Markup(f'<a href="{escape(href)}" title="{full}">{text}</a>')
+    return text + Markup(
+        f'<button type="button" class="btn btn-link btn-sm p-0 ml-1 copy-id" data-copy="{full}"'
+        f' title="Copy {full}" aria-label="Copy the full id"><span class="fa fa-clipboard"></span></button>')
+
+
+def compact_time(value: Any) -> Markup:
+    """``YYYY-MM-DD HH:MM:SS`` in UTC; the page's script rewrites it in the browser's local time."""
+    if value is None:
+        return Markup("")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    utc = value.astimezone(timezone.utc)
+    return Markup(f'<time class="local-time" datetime="{utc.isoformat()}" title="{utc:%Y-%m-%d %H:%M:%S} UTC">'
+                  f"{utc:%Y-%m-%d %H:%M:%S}</time>")
+
+
+def _time_type_formatter(view, value, name):  # type: ignore[no-untyped-def]
+    return compact_time(value)
+
+
+#: Lists show timestamps compactly, without microseconds.
+LIST_TYPE_FORMATTERS = {**typefmt.BASE_FORMATTERS, datetime: _time_type_formatter}
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 relay``, ``2 relays``."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+def events_url(**filters: Any) -> str:
+    """The event log filtered: ``correlation_id``, ``aggregate_id`` or ``type``."""
+    names = {"correlation_id": "flt0_correlation_id_equals", "aggregate_id": "flt0_aggregate_id_equals",
+             "type": "flt0_type_equals"}
+    return url_for("events.index_view", **{names[k]: str(v) for k, v in filters.items()})
+
+
+def event_details_url(event_id: Any) -> str | None:
+    """The details page of the event with this UUID, if it is in the log (one indexed read)."""
+    if event_id is None:
+        return None
+    pk = db_session().scalar(select(OutboxEvent.id).where(OutboxEvent.event_id == event_id))
+    return url_for("events.details_view", id=pk) if pk is not None else None
+
+
+def deliveries_of_event_url(event_id: Any) -> str:
+    return url_for("deliveries.index_view", flt0_event_id_equals=str(event_id))
 
 
 class Secured:
@@ -51,8 +132,10 @@ class DashboardView(Secured, AdminIndexView):
     def index(self):  # type: ignore[no-untyped-def]
         status = monitoring.status(runtime().engine, sorted(runtime().handlers))
         paused = set(self._setting(control.PAUSED_HANDLERS, []))
+        live = [n for n in status["nodes"] if not n["stopped"]]
         return self.render("admin/dashboard.html", status=status, chart=events_chart(status["events_per_minute"]),
-                           paused_handlers=paused, relay_paused=bool(self._setting(control.RELAY_PAUSED, False)))
+                           paused_handlers=paused, relay_paused=bool(self._setting(control.RELAY_PAUSED, False)),
+                           live_nodes=live, plural=plural, question=control_question, node_name=node_name)
 
     def _setting(self, key: str, default: Any) -> Any:
         row = db_session().get(dynamic.Setting, key)
@@ -60,17 +143,66 @@ class DashboardView(Secured, AdminIndexView):
 
     @expose("/control/", methods=["POST"])
     def control_command(self):  # type: ignore[no-untyped-def]
-        """Pause or resume a handler or the relay, or drain and stop a node; CSRF-protected form."""
+        """Pause or resume a handler or the relay, or drain and stop a node; CSRF-protected form.
+
+        Nothing happens without ``confirm=yes`` (the dashboard's buttons ask first and add it): an
+        unconfirmed post only renders a page asking for the confirmation, naming what it touches."""
         command, target = request.form.get("command", ""), request.form.get("target") or None
         allowed = {"pause_handler", "resume_handler", "pause_relay", "resume_relay", "drain_stop"}
         if command not in allowed or (command.endswith("_handler") and target not in runtime().handlers):
             abort(400)
+        node = self._node(target) if command == "drain_stop" else None
+        if command == "drain_stop" and node is None:
+            abort(400)
+        question = control_question(command, target, node)
+        if request.form.get("confirm") != "yes":
+            return self.render("admin/control_confirm.html", question=question, command=command, target=target,
+                               label=CONTROL_LABELS[command])
         with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
             with runtime().unit_of_work() as uow:
                 control.issue(uow, command, target, actor())  # type: ignore[arg-type]
                 uow.commit()
-        flash(f"Sent {command.replace('_', ' ')} {target or ''} to the cluster.", "success")
+        flash(f"Sent to the cluster: {CONTROL_LABELS[command].lower()} {control_subject(command, target, node)}.",
+              "success")
         return redirect(url_for(".index"))
+
+    @staticmethod
+    def _node(target: str | None) -> dict[str, Any] | None:
+        try:
+            key = uuid.UUID(target or "")
+        except ValueError:
+            return None
+        row = db_session().get(NodeRow, key)
+        return {"kind": row.kind, "host": row.host, "pid": row.pid} if row is not None else None
+
+
+CONTROL_LABELS = {"pause_handler": "Pause", "resume_handler": "Resume", "pause_relay": "Pause relay",
+                  "resume_relay": "Resume relay", "drain_stop": "Drain and stop"}
+
+
+def node_name(node: dict[str, Any]) -> str:
+    """A node as operators know it: ``worker on host-1 (pid 4242)``."""
+    return f"{node['kind']} on {node['host']} (pid {node['pid']})"
+
+
+def control_subject(command: str, target: str | None, node: dict[str, Any] | None = None) -> str:
+    if command == "drain_stop":
+        return f"the {node_name(node)}" if node else "the node"
+    if command.endswith("_handler"):
+        return f"handler {target}"
+    return "the relays"
+
+
+def control_question(command: str, target: str | None, node: dict[str, Any] | None = None) -> str:
+    """The confirmation a control button asks, naming what it touches."""
+    return {
+        "pause_handler": f"Pause handler {target} on every worker? Its deliveries wait until it is resumed.",
+        "resume_handler": f"Resume handler {target} on every worker?",
+        "pause_relay": "Pause every relay in the cluster? New events wait in the outbox until the relay is resumed.",
+        "resume_relay": "Resume every relay in the cluster?",
+        "drain_stop": (f"Drain and stop the {node_name(node) if node else 'node'}? It finishes the work it has"
+                       " started, then exits; it is not restarted here."),
+    }[command]
 
 
 def events_chart(per_minute: list[dict[str, Any]]) -> Markup:
@@ -150,8 +282,64 @@ class ExactUuidSearch:
                    OutboxEvent.aggregate_id == str(key))
 
 
+class UuidEqualFilter(FilterEqual):
+    """Equality on a UUID column; a value that is no UUID is ignored rather than sent to the database."""
+
+    def validate(self, value):  # type: ignore[no-untyped-def]
+        try:
+            uuid.UUID(str(value).strip())
+        except ValueError:
+            return False
+        return True
+
+    def clean(self, value):  # type: ignore[no-untyped-def]
+        return uuid.UUID(str(value).strip())
+
+
+def _status_badge(view, context, model, name):  # type: ignore[no-untyped-def]
+    return badge(getattr(model, name))
+
+
+def _uuid(view, context, model, name):  # type: ignore[no-untyped-def]
+    return short_id(getattr(model, name))
+
+
+def _correlation(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    return short_id(value, events_url(correlation_id=value)) if value else ""
+
+
+def _aggregate(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    if not value:
+        return ""
+    return short_id(value, events_url(aggregate_id=value)) if len(str(value)) > 12 else Markup(
+        f'<a href="{escape(events_url(aggregate_id=value))}">{escape(value)}</a>')
+
+
+def _cause(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    return short_id(value, event_details_url(value)) if value else ""
+
+
+def _event_id_with_deliveries(view, context, model, name):  # type: ignore[no-untyped-def]
+    value = getattr(model, name)
+    return short_id(value) + Markup(
+        f' <a class="small ml-2" id="event-deliveries-link" href="{escape(deliveries_of_event_url(value))}">'
+        "its deliveries</a>")
+
+
+def _delivery_event(view, context, model, name):  # type: ignore[no-untyped-def]
+    """A delivery's event id, linked to the event's details (the list already joins the event)."""
+    event = model.event
+    href = url_for("events.details_view", id=event.id) if event is not None else None
+    return short_id(model.event_id, href)
+
+
 class ReadOnlyModelView(Secured, ModelView):
     """A list and details view that never writes."""
+
+    column_type_formatters = LIST_TYPE_FORMATTERS
 
     can_create = False
     can_edit = False
@@ -177,11 +365,13 @@ class EventLogView(ExactUuidSearch, ReadOnlyModelView):
     column_filters = [
         FilterEqual(OutboxEvent.event_type, "Type"),
         FilterEqual(OutboxEvent.aggregate_id, "Aggregate id"),
-        FilterEqual(OutboxEvent.correlation_id, "Correlation id"),
+        UuidEqualFilter(OutboxEvent.correlation_id, "Correlation id"),
         DateTimeBetweenFilter(OutboxEvent.occurred_at, "Occurred"),
         DispatchedFilter(OutboxEvent.dispatched_at, "Dispatched", options=(("1", "yes"), ("0", "no"))),
     ]
-    column_formatters_detail = {"payload": _pretty_json, "metadata_": _pretty_json}
+    column_formatters = {"correlation_id": _correlation, "aggregate_id": _aggregate}
+    column_formatters_detail = {"payload": _pretty_json, "metadata_": _pretty_json, "event_id": _event_id_with_deliveries,
+                                "correlation_id": _correlation, "causation_id": _cause, "aggregate_id": _aggregate}
     can_export = True
     export_types = ["csv"]
     export_max_rows = 100_000
@@ -201,6 +391,8 @@ class EventLogView(ExactUuidSearch, ReadOnlyModelView):
                 self.db.scalar(select(OutboxEvent).where(OutboxEvent.event_id == model.causation_id))
                 if model.causation_id else None
             )
+            kwargs.update(badge=badge, compact_time=compact_time, events_url=events_url,
+                          deliveries_of_event_url=deliveries_of_event_url)
             kwargs["deliveries"] = self.db.scalars(
                 select(Delivery).where(Delivery.event_id == model.event_id).order_by(Delivery.handler)
             ).all()
@@ -248,18 +440,21 @@ class DeliveriesView(ReadOnlyModelView):
     column_details_list = ["id", "handler", "event.event_type", "event_id", "status", "attempts", "dead_reason",
                            "created_at", "enqueued_at", "updated_at", "completed_at", "first_failed_at",
                            "last_failed_at", "last_error"]
-    column_labels = {"event.event_type": "Event type"}
-    column_sortable_list = ["id", "attempts", "enqueued_at"]
+    column_sortable_list = ["id", "attempts", "enqueued_at", "updated_at"]
     column_filters = [
         FilterEqual(Delivery.status, "Status",
                     options=[(s, s) for s in ("pending", "retrying", "dead", "done", "resolved")]),
         FilterEqual(Delivery.handler, "Handler"),
         EventTypeFilter(Delivery.event_id, "Event type"),
         FilterEqual(Delivery.dead_reason, "Dead reason"),
+        UuidEqualFilter(Delivery.event_id, "Event id"),
     ]
-    column_formatters_detail = {"last_error": _pre}
+    column_labels = {"event.event_type": "Event type", "event_id": "Event"}
+    column_formatters_detail = {"last_error": _pre, "status": _status_badge, "event_id": _delivery_event}
     column_formatters = {
-        "last_error": lambda v, c, m, n: (m.last_error or "").strip().splitlines()[-1:][0] if m.last_error else ""
+        "last_error": lambda v, c, m, n: (m.last_error or "").strip().splitlines()[-1:][0] if m.last_error else "",
+        "status": _status_badge,
+        "event_id": _delivery_event,
     }
 
     def get_query(self):  # type: ignore[no-untyped-def]
@@ -270,12 +465,12 @@ class DeliveriesView(ReadOnlyModelView):
 
         return self.db.query(func.count(Delivery.id)).join(OutboxEvent, OutboxEvent.event_id == Delivery.event_id)
 
-    @action("retry", "Retry", "Retry the selected deliveries with a fresh retry budget?")
+    @action("retry", "Retry", "Retry the {n} selected deliveries with a fresh retry budget? Finished ones are left as they are.")
     def action_retry(self, ids: list[str]) -> None:
         count = deadletters.retry_dead(runtime(), ids=[int(i) for i in ids], statuses=deadletters.RETRYABLE)
         flash(f"{count} of {len(ids)} deliveries enqueued again (finished ones are left as they are).", "success")
 
-    @action("resolve", "Mark resolved", "Mark the selected deliveries resolved? They will not run.")
+    @action("resolve", "Mark resolved", "Mark the {n} selected deliveries resolved? Their handlers will not run them again.")
     def action_resolve(self, ids: list[str]) -> None:
         count = deadletters.resolve(runtime(), [int(i) for i in ids], actor())
         flash(f"{count} deliveries marked resolved.", "success")
@@ -306,7 +501,14 @@ class DeliveriesView(ReadOnlyModelView):
             Delivery.id.in_(ids), Delivery.status.in_(deadletters.RETRYABLE)
         ).count() if ids else 0
         return self.render("admin/retry_confirm.html", matching=len(ids), retryable=retryable,
-                           back=self.get_url(".index_view", **request.args))
+                           back=self.get_url(".index_view", **request.args), conditions=self.described_filters())
+
+    def described_filters(self) -> list[str]:
+        """The list's current filters and search in words: ``Handler equals test.audit``."""
+        words = [f"{self._filters[idx].name} {self._filters[idx].operation()} {value}"
+                 for idx, _, value in (self._get_list_filter_args() or [])]
+        search = self._get_list_extra_args().search
+        return words + ([f"search {search}"] if search else [])
 
 
 class DeadLettersView(DeliveriesView):
@@ -316,7 +518,9 @@ class DeadLettersView(DeliveriesView):
         FilterEqual(Delivery.handler, "Handler"),
         EventTypeFilter(Delivery.event_id, "Event type"),
         FilterEqual(Delivery.dead_reason, "Dead reason"),
+        UuidEqualFilter(Delivery.event_id, "Event id"),
     ]
+    column_sortable_list = ["id", "attempts", "first_failed_at", "last_failed_at"]
 
     def get_query(self):  # type: ignore[no-untyped-def]
         return super().get_query().filter(Delivery.status == "dead")
@@ -346,6 +550,7 @@ class SettingsView(_ChangeThroughDomain, Secured, ModelView):
     can_view_details = True
     column_list = ["key", "type", "value", "description", "updated_at", "updated_by", "version"]
     column_formatters = {"value": lambda v, c, m, n: json.dumps(m.value)}
+    column_type_formatters = LIST_TYPE_FORMATTERS
     column_searchable_list = ["key"]
     column_default_sort = "key"
     form_columns = ["key", "type", "value", "description"]
@@ -390,6 +595,7 @@ class SettingsView(_ChangeThroughDomain, Secured, ModelView):
 class FlagsView(_ChangeThroughDomain, Secured, ModelView):
     can_delete = False
     column_list = ["name", "enabled", "description", "updated_at", "updated_by", "version"]
+    column_type_formatters = LIST_TYPE_FORMATTERS
     column_default_sort = "name"
     column_searchable_list = ["name"]
     form_columns = ["name", "enabled", "description"]
@@ -413,7 +619,7 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
             lambda uow: dynamic.set_flag(uow, name, bool(form.enabled.data), actor(), form.description.data or "")
         )
 
-    @action("toggle", "Toggle", "Switch the selected flags?")
+    @action("toggle", "Toggle", "Switch the {n} selected flags on or off? Code reading them sees the change at once.")
     def action_toggle(self, ids: list[str]) -> None:
         for encoded in ids:
             name = tools.iterdecode(encoded)[0]  # Flask-Admin escapes "." in ids
@@ -425,11 +631,21 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
         flash(f"{len(ids)} flags switched.", "success")
 
 
+def _node_state(view, context, model, name):  # type: ignore[no-untyped-def]
+    if model.stopped_at is None:
+        return badge("live")
+    return badge("gone" if (model.info or {}).get("gone") else "stopped")
+
+
 class NodesView(ReadOnlyModelView):
     column_default_sort = ("heartbeat_at", True)
-    column_list = ["kind", "host", "pid", "version", "started_at", "heartbeat_at", "stopped_at"]
-    column_details_list = ["id", "kind", "host", "pid", "version", "started_at", "heartbeat_at", "stopped_at", "info"]
-    column_formatters_detail = {"info": _pretty_json}
+    column_list = ["kind", "host", "pid", "state", "version", "started_at", "heartbeat_at", "stopped_at"]
+    column_details_list = ["id", "kind", "host", "pid", "state", "version", "started_at", "heartbeat_at", "stopped_at",
+                           "info"]
+    column_sortable_list = ["kind", "host", "started_at", "heartbeat_at", "stopped_at"]
+    column_labels = {"pid": "PID", "heartbeat_at": "Last heartbeat", "started_at": "Started", "stopped_at": "Stopped"}
+    column_formatters = {"state": _node_state}
+    column_formatters_detail = {"info": _pretty_json, "state": _node_state, "id": _uuid}
     column_filters = ["kind"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import flash, jsonify, request
+from flask import flash, jsonify, request, url_for
 from flask_admin.actions import action
 from flask_admin.contrib.sqla.filters import FilterEqual
 from markupsafe import Markup, escape
@@ -15,7 +15,8 @@ from sqlalchemy import select
 from admin.api import _limit, bp, runtime
 from admin.db import db_session
 from admin.models import RecurringRow
-from admin.views import ReadOnlyModelView, _pretty_json
+from admin.models import OutboxEvent
+from admin.views import ReadOnlyModelView, _pretty_json, _status_badge, badge, compact_time, short_id
 from shared.web.http import BadRequest
 from shared.workflows import recurring
 from shared.workflows.instances import COMPLETED, RUNNING, SagaInstance, SagaStep
@@ -91,11 +92,24 @@ def pause_or_resume(name: str, verb: str):  # type: ignore[no-untyped-def]
 
 def _history(view, context, model, name):  # type: ignore[no-untyped-def]
     steps = db_session().scalars(select(SagaStep).where(
-        SagaStep.saga_type == model.saga_type, SagaStep.instance_key == model.instance_key).order_by(SagaStep.seq))
-    rows = "".join(f"<tr><td>{s.seq}</td><td>{escape(s.step)}</td><td>{escape(s.event_type)}</td>"
-                   f"<td>{escape(s.status)}</td><td>{s.at:%Y-%m-%d %H:%M:%S}</td></tr>" for s in steps)
-    return Markup(f'<table class="table table-sm"><tr><th>#</th><th>step</th><th>event</th><th>status</th>'
-                  f"<th>at</th></tr>{rows}</table>")
+        SagaStep.saga_type == model.saga_type, SagaStep.instance_key == model.instance_key).order_by(SagaStep.seq)).all()
+    # Each step's event, linked to its details: one indexed read for the whole history.
+    wanted = [s.event_id for s in steps if s.event_id is not None]
+    found = dict(db_session().execute(
+        select(OutboxEvent.event_id, OutboxEvent.id).where(OutboxEvent.event_id.in_(wanted))).all()) if wanted else {}
+
+    def event(s: SagaStep) -> Markup:
+        if s.event_id is None:
+            return escape(s.event_type)
+        pk = found.get(s.event_id)
+        link = (Markup(f'<a href="{escape(url_for("events.details_view", id=pk))}">{escape(s.event_type)}</a>')
+                if pk is not None else escape(s.event_type))
+        return link + Markup(" ") + short_id(s.event_id)
+
+    rows = "".join(f"<tr><td>{s.seq}</td><td>{escape(s.step)}</td><td>{event(s)}</td>"
+                   f"<td>{badge(s.status)}</td><td>{compact_time(s.at)}</td></tr>" for s in steps)
+    return Markup(f'<table class="table table-sm" id="saga-history"><tr><th>#</th><th>step</th><th>event</th>'
+                  f"<th>status</th><th>at</th></tr>{rows}</table>")
 
 
 class SagasView(ReadOnlyModelView):
@@ -104,7 +118,9 @@ class SagasView(ReadOnlyModelView):
     column_details_list = ["saga_type", "instance_key", "status", "version", "state", "timeouts", "history",
                            "started_at", "updated_at", "completed_at"]
     column_labels = {"saga_type": "Saga", "instance_key": "Key", "timeouts": "Pending timeouts"}
-    column_formatters_detail = {"state": _pretty_json, "timeouts": _pretty_json, "history": _history}
+    column_formatters = {"status": _status_badge}
+    column_formatters_detail = {"state": _pretty_json, "timeouts": _pretty_json, "history": _history,
+                                "status": _status_badge}
     column_filters = [
         FilterEqual(SagaInstance.saga_type, "Saga"),
         FilterEqual(SagaInstance.status, "Status", options=[(s, s) for s in STATUSES]),
@@ -114,17 +130,19 @@ class SagasView(ReadOnlyModelView):
 class RecurringView(ReadOnlyModelView):
     column_default_sort = ("name", False)
     column_list = ["name", "schedule", "missed", "paused", "last_due_at", "next_due_at"]
-    column_labels = {"last_due_at": "Last run", "next_due_at": "Next run", "missed": "Missed runs"}
+    column_labels = {"last_due_at": "Last run", "next_due_at": "Next run", "missed": "Missed runs", "paused": "State"}
+    column_formatters = {"paused": lambda v, c, m, n: badge("paused" if m.paused else "active")}
 
-    @action("pause", "Pause", "Pause the selected jobs? Their waiting occurrence is cancelled.")
+    @action("pause", "Pause", "Pause the {n} selected recurring jobs? Their waiting occurrence is cancelled and they"
+                              " do not run until resumed.")
     def action_pause(self, ids: list[str]) -> None:
         done = sum(recurring.pause(runtime().engine, name) for name in ids)
-        flash(f"{done} recurring jobs paused.", "success")
+        flash(f"{done} recurring {'job' if done == 1 else 'jobs'} paused.", "success")
 
-    @action("resume", "Resume", "Resume the selected jobs?")
+    @action("resume", "Resume", "Resume the {n} selected recurring jobs? Their next occurrence is scheduled.")
     def action_resume(self, ids: list[str]) -> None:
         done = sum(recurring.resume(runtime().engine, name, runtime().recurring) for name in ids)
-        flash(f"{done} recurring jobs resumed.", "success")
+        flash(f"{done} recurring {'job' if done == 1 else 'jobs'} resumed.", "success")
 
 
 __all__ = ["RecurringView", "SagasView"]

@@ -1,14 +1,17 @@
 """The back office in a real browser (Debian's Chromium driven by Playwright), against real web,
 relay and worker processes: log in, read the dashboard, filter the event log, flip a flag, retry a
-dead letter and see it succeed. Screenshots land in docs/img/."""
+dead letter and see it succeed; ask to drain and stop a node, decline, then confirm. Screenshots
+land in docs/img/."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from shared.ops.accounts import create_user
 from tests.e2e.faults import open_accounts, writer
@@ -110,6 +113,59 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
         statuses = [s.strip() for s in page.locator("td.col-status").all_inner_texts()]
         assert handlers == {"browser.gated"} and statuses == ["done"] * 12, (handlers, statuses)
         page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
+    w.close()
+
+
+def test_drain_and_stop_asks_first_and_sends_nothing_when_the_operator_declines(clean_db, browser, tmp_path) -> None:
+    settings = clean_db
+    w = writer(settings)
+    with w.session_factory() as session:
+        create_user(session, "operator", "a long passphrase")
+        session.commit()
+    # A worker node seen a moment ago (a row only: the command is recorded, no process acts on it)
+    node_id = uuid.uuid4()
+    with w.engine.begin() as conn:
+        conn.execute(text("INSERT INTO ozzy_nodes (id, kind, host, pid, version) VALUES (:i, 'worker', 'host-b', 4242, 't')"),
+                     {"i": node_id})
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(settings, PORT=str(port), OZZY_LOG_LEVEL="WARNING")
+    commands = "SELECT count(*) FROM ozzy_outbox WHERE event_type = 'ozzy.control_command'"
+    with ozzy_processes(env, ["web", "--host", "127.0.0.1"]):
+        wait_until(lambda: _healthy(base), timeout=60, interval=0.2)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(f"{base}/admin/login")
+        page.fill("#username", "operator")
+        page.fill("#password", "a long passphrase")
+        page.click("#login")
+        page.wait_for_selector("#summary")
+        button = page.locator(f"button[data-command='drain_stop'][data-target='{node_id}']")
+        assert button.inner_text().strip() == "Drain and stop"
+
+        # The operator clicks "Drain and stop", reads the question naming the node, and declines
+        asked: list[str] = []
+
+        def decline(dialog) -> None:  # type: ignore[no-untyped-def]
+            asked.append(dialog.message)
+            dialog.dismiss()
+
+        page.once("dialog", decline)
+        button.click()
+        page.wait_for_timeout(500)  # a submitted form would have navigated by now
+        assert asked and "worker on host-b (pid 4242)" in asked[0] and str(node_id) not in asked[0], asked
+        assert page.url.rstrip("/").endswith("/admin") and scalar(w, commands) == 0
+        assert scalar(w, "SELECT stopped_at FROM ozzy_nodes WHERE id = :i", i=node_id) is None
+
+        # Then clicks again and confirms: the command for that node is recorded, with the operator
+        page.once("dialog", lambda dialog: dialog.accept())
+        button.click()
+        page.wait_for_selector("text=Sent to the cluster: drain and stop the worker on host-b (pid 4242)")
+        assert scalar(w, commands) == 1
+        assert scalar(w, "SELECT payload->>'command' || ' ' || (payload->>'target') || ' ' || (metadata->>'actor')"
+                         " FROM ozzy_outbox WHERE event_type = 'ozzy.control_command'") == \
+            f"drain_stop {node_id} user:operator"
+        page.screenshot(path=str(tmp_path / "drain-confirmed.png"), full_page=True)
     w.close()
 
 

@@ -548,8 +548,12 @@ def setting_values(runtime) -> dict[str, object]:
         return dict(conn.exec_driver_sql("SELECT key, value FROM ozzy_settings").all())
 
 
-def post_control(client, command: str, target: str | None = None, token: str | None = None):  # type: ignore[no-untyped-def]
+def post_control(client, command: str, target: str | None = None, token: str | None = None,  # type: ignore[no-untyped-def]
+                 confirm: str | None = "yes"):
+    """POST a dashboard control form; ``confirm=yes`` is what the button adds once the operator confirms."""
     data = {"command": command}
+    if confirm is not None:
+        data["confirm"] = confirm
     if target is not None:
         data["target"] = target
     if token is not None:
