@@ -208,6 +208,21 @@ class Relay:
             self._after_fire()
         return fired
 
+    def _next_timer(self, fired: int) -> float | None:
+        """Seconds to wait for the next scheduled event (None: only a wake-up or the poll).
+
+        A paused relay fires nothing, so it arms no timer. A due row that this pass did not fire is
+        locked by someone else (another relay firing it, a transaction cancelling it): wait a
+        little rather than ask again at once."""
+        if self.paused:
+            return None
+        timer = timers.seconds_until_next(self.wiring.engine)
+        if timer is None:
+            return None
+        if timer == 0.0 and not fired:
+            return timers.LOCKED_BACKOFF
+        return min(timer, timers.MAX_WAIT)
+
     def _drain_loop(self) -> None:
         timer: float | None = 0.0  # seconds until the earliest scheduled event; None: none waits
         while not self._stopping.is_set():
@@ -222,10 +237,9 @@ class Relay:
             else:
                 self.stats.drains_by_notify += 1
             try:
-                self.fire_due()
+                fired = self.fire_due()
                 self.drain()
-                timer = timers.seconds_until_next(self.wiring.engine)
-                timer = None if timer is None else min(timer, timers.MAX_WAIT)
+                timer = self._next_timer(fired)
             except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
                 self.stats.errors += 1
                 timer = None

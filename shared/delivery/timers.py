@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 #: The longest a relay's timer waits before it asks the database again (a safety net only: a
 #: commit that schedules something wakes the relay at once).
 MAX_WAIT = 60.0
+#: How long a relay waits before asking again for a due row it could not claim (locked elsewhere).
+LOCKED_BACKOFF = 0.1
 
 
 def fire_due(engine: Engine, limit: int = 1000) -> int:
