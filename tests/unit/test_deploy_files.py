@@ -54,3 +54,5 @@ def test_compose_wires_every_app_service_with_the_same_database_and_redis() -> N
     assert database_url == f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres:5432/{pg['POSTGRES_DB']}"
     assert redis_url.startswith("redis://redis:6379/")
     assert envs["web"]["PORT"] == "8000" and "8000:8000" in services["web"]["ports"]
+    # the web process refuses to start without a SECRET_KEY outside dev mode: compose demands one
+    assert all(env["SECRET_KEY"].startswith("${SECRET_KEY:?") for env in envs.values())
