@@ -31,7 +31,6 @@ from admin.views import (
     SettingsView,
 )
 from shared.cluster import values as dynamic
-from shared.errors import ConfigurationError
 from shared.runtime import Runtime
 
 log = logging.getLogger(__name__)

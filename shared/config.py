@@ -3,12 +3,22 @@ passed down. (Runtime settings that operators change in the back office are :mod
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from shared.errors import ConfigurationError
+
+
+class StartupError(ConfigurationError):
+    """A process cannot start. The message is one or two lines that say what to do; the ``ozzy``
+    commands print it without a traceback and exit with ``exit_code``."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Config(BaseSettings):
@@ -100,9 +110,32 @@ class Config(BaseSettings):
         return url
 
 
+#: Settings read from a conventional variable rather than ``OZZY_<NAME>``.
+_CONVENTIONAL = {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "secret_key": "SECRET_KEY"}
+
+
+def variable_name(field: str) -> str:
+    """The environment variable a setting is read from."""
+    return _CONVENTIONAL.get(field, f"OZZY_{field.upper()}")
+
+
 def load_config(**overrides: Any) -> Config:
-    """Read settings from the environment, with explicit overrides winning; raise a clear error."""
+    """Read settings from the environment, with explicit overrides winning; a bad value raises a
+    :class:`StartupError` (exit code 2) with one line per variable, naming it."""
     try:
         return Config(**overrides)
     except ValidationError as exc:
-        raise ConfigurationError(f"invalid configuration: {exc}") from exc
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            message = str(error["msg"])
+            for prefix in ("Input should be ", "Value should be ", "Value must be "):
+                if message.startswith(prefix):
+                    message = "must be " + message[len(prefix):]
+            lines.append(f"{variable_name(field)}: {message} (Config.{field})")
+        raise StartupError("\n".join(lines), exit_code=2) from exc
+    except SettingsError as exc:  # a list-valued variable that is not JSON
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = variable_name(match.group(1)) if match else "a setting"
+        field = f" (Config.{match.group(1)})" if match else ""
+        raise StartupError(f'{name}: must be a JSON list, e.g. \'["package.module"]\'{field}', exit_code=2) from exc

@@ -4,6 +4,9 @@ Besides its own job, every long-running process registers and heartbeats in the 
 runs the cluster-wide listeners (the settings and flags cache and control commands first, then the
 application's), answers the control commands that target it, and stops cleanly on SIGTERM or
 SIGINT: its job finishes what is in flight, then the process records its stop and exits 0.
+
+A job that cannot work without Redis (relay, worker) starts only once Redis answers: while it does
+not, the process says so in one warning line and waits (a signal still stops it, with 0).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from redis.exceptions import RedisError
+from sqlalchemy.engine import make_url
 
 from shared.cluster.control import Controls
 from shared.cluster.nodes import Node
@@ -86,11 +91,16 @@ class Process:
         stop: Callable[[], None],
         serve: Callable[[], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        needs_redis: bool = False,
     ) -> int:
         """Start the job and the lifecycle, block (in ``serve``, or until a signal), then stop the
-        job (it finishes what is in flight), the lifecycle and the runtime; return 0."""
+        job (it finishes what is in flight), the lifecycle and the runtime; return 0. With
+        ``needs_redis``, wait for Redis to answer before starting the job."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        if needs_redis and not self._wait_for_redis():
+            self.runtime.close()
+            return 0
         start()
         self.start(on_ready)
         try:
@@ -109,8 +119,33 @@ class Process:
             self.runtime.close()
         return 0
 
+    def _wait_for_redis(self, interval: float = 1.0) -> bool:
+        """True once Redis answers a PING (one warning while it does not); False if stopped first."""
+        warned = False
+        while not self._stop.is_set():
+            try:
+                self.runtime.redis.ping()
+            except (RedisError, OSError):
+                if not warned:
+                    log.warning("Redis at %s is unreachable; waiting for it", redis_location(self.runtime.config.redis_url))
+                    warned = True
+                self._stop.wait(interval)
+                continue
+            if warned:
+                log.info("Redis is back; %s starting", self.kind)
+            return True
+        return False
+
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._stop.set()
         if self._serving:
             self._serving = False
             raise _Interrupted
+
+
+def redis_location(url: str) -> str:
+    """A Redis URL fit for a log line: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable as a URL: show only the scheme
+        return url.split("://", 1)[0] + "://…"

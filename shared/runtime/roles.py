@@ -1,4 +1,5 @@
-"""The relay and worker processes, wired: what ``ozzy relay`` and ``ozzy worker`` run."""
+"""The relay and worker processes, wired: what ``ozzy relay`` and ``ozzy worker`` run. Both start
+their job only once Redis answers (one warning while it does not; see ``Process.run``)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def run_relay(runtime: Runtime) -> int:
         relay.stop()
         chores.stop()
 
-    return process.run(start=start, stop=stop, on_ready=honour_pause)
+    return process.run(start=start, stop=stop, on_ready=honour_pause, needs_redis=True)
 
 
 def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str] | None = None) -> int:
@@ -92,4 +93,4 @@ def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str]
                       "queues": sorted(queues or []), "paused_queues": sorted(broker.paused_queues)},
         handlers=lambda: set(runtime.handlers), pause_handler=pause, resume_handler=resume,
     )
-    return process.run(start=start, stop=stop, on_ready=honour_pauses)
+    return process.run(start=start, stop=stop, on_ready=honour_pauses, needs_redis=True)

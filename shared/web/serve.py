@@ -1,14 +1,18 @@
-"""``ozzy web``: load the application factory named in the settings and serve it with waitress."""
+"""``ozzy web``: load the application factory named in the settings and serve it with waitress.
+
+The port is bound before anything says the server listens: a port in use, or one this user may not
+bind, is a :class:`~shared.config.StartupError` that names the fix."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 from typing import Any
 
 from waitress.server import create_server
 
-from shared.config import Config
+from shared.config import Config, StartupError
 from shared.errors import ConfigurationError
 from shared.runtime.process import Process
 from shared.runtime.root import bootstrap
@@ -29,7 +33,17 @@ def serve(config: Config, *, host: str, port: int, threads: int = 8) -> int:
     # Handlers are imported too: the back office retries deliveries, which needs their queues.
     runtime = bootstrap(config)
     app = load_factory(config.web_app)(runtime)
-    server = create_server(app, host=host, port=port, threads=threads, ident="ozzy")
+    try:
+        server = create_server(app, host=host, port=port, threads=threads, ident="ozzy")
+    except OSError as exc:
+        runtime.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} is in use; stop the other server or pass --port") from exc
+        if exc.errno == errno.EACCES:
+            raise StartupError(f"port {port} needs privileges this user lacks; pass --port above 1023") from exc
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise StartupError(f"{host} is not an address of this machine; pass --host") from exc
+        raise
     process = Process(runtime, "web", info=lambda: {"url": f"http://{host}:{port}/"})
 
     def start() -> None:
