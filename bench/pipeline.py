@@ -245,6 +245,7 @@ class OzzyProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.log.close()  # the child writes through its own descriptor; the path stays
 
     @property
     def pid(self) -> int:

@@ -72,6 +72,7 @@ class Relay:
         #: An operator paused dispatching: events wait in the outbox.
         self.paused = False
         self._wake = threading.Event()
+        self._missed_due = 0  # passes in a row that found a due row but fired nothing
         self._reason = "poll"
         self._stopping = threading.Event()
         self._drain_thread: threading.Thread | None = None
@@ -211,16 +212,19 @@ class Relay:
     def _next_timer(self, fired: int) -> float | None:
         """Seconds to wait for the next scheduled event (None: only a wake-up or the poll).
 
-        A paused relay fires nothing, so it arms no timer. A due row that this pass did not fire is
-        locked by someone else (another relay firing it, a transaction cancelling it): wait a
-        little rather than ask again at once."""
+        A paused relay fires nothing, so it arms no timer. A row due now that this pass did not
+        fire either became due during the pass (look again at once), or, if the next pass does not
+        fire it either, is locked by someone else (another relay firing it, a transaction
+        cancelling it): then wait a little rather than ask again and again."""
         if self.paused:
             return None
         timer = timers.seconds_until_next(self.wiring.engine)
         if timer is None:
             return None
         if timer == 0.0 and not fired:
-            return timers.LOCKED_BACKOFF
+            self._missed_due += 1
+            return 0.0 if self._missed_due == 1 else timers.LOCKED_BACKOFF
+        self._missed_due = 0
         return min(timer, timers.MAX_WAIT)
 
     def _drain_loop(self) -> None:

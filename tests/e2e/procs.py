@@ -40,9 +40,14 @@ class OzzyProcess:
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args = args
         self.log = tempfile.NamedTemporaryFile(prefix=f"ozzy-{args[0]}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            OZZY + args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        try:
+            self.proc = subprocess.Popen(
+                OZZY + args, env=env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        finally:
+            # The child writes through its own copy of the descriptor; ours would only leak (a
+            # ResourceWarning in whichever later test the garbage collector runs in). The path stays.
+            self.log.close()
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
