@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 #: Dramatiq's own lines that would carry a message's payload (``Message.__str__`` prints its args),
 #: at any level: the worker thread's, and each actor's "Received args" at DEBUG.
@@ -33,6 +35,19 @@ def configure(level: str = "INFO", *, plain: bool = False) -> None:
     for noisy in ("apscheduler", "pgserver", "dramatiq.worker.Worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     hide_payloads()
+
+
+@contextmanager
+def quiet(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Within this block, logger ``name`` (and its children) logs only from ``level`` up: for
+    libraries that talk at INFO about things a one-line answer does not need (Alembic's plugins)."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
 
 
 def hide_payloads(*loggers: logging.Logger) -> None:

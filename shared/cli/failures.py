@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import click
 
 from shared.config import Config, StartupError, load_config
+from shared.logs import quiet
 
 log = logging.getLogger("shared.cli")
 
@@ -96,16 +96,9 @@ class OzzyGroup(click.Group):
             sys.exit(code)
 
 
-@contextmanager
-def _alembic_quiet() -> Iterator[None]:
+def _alembic_quiet() -> AbstractContextManager[None]:
     """Importing Alembic logs a line per plugin at INFO: noise before a one-line answer."""
-    logger = logging.getLogger("alembic.runtime.plugins")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet("alembic")
 
 
 def _startup_checks(config: Config) -> None:

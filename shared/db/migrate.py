@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +14,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from shared.config import Config, StartupError
+from shared.logs import quiet
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -40,16 +39,9 @@ def _app_migration_dirs(config: Config) -> list[str]:
     return dirs
 
 
-@contextmanager
-def _quiet_alembic() -> Iterator[None]:
+def _quiet_alembic() -> AbstractContextManager[None]:
     """Alembic's INFO lines (plugins, context) say nothing useful about a mere check."""
-    logger = logging.getLogger("alembic")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    return quiet("alembic")
 
 
 def schema_state(config: Config) -> tuple[set[str], set[str], set[str]]:
