@@ -184,8 +184,13 @@ def _wait_healthy(base_url: str, stop: threading.Event) -> None:
 
 
 def run_dev(root: Path, port: int, demo: bool) -> int:
+    from honcho import manager as honcho_manager
     from honcho.manager import Manager
     from honcho.printer import Printer
+
+    # honcho SIGKILLs what has not stopped 5 s after Ctrl-C; a worker finishing its in-flight
+    # handlers on a loaded machine can need longer, and a killed process makes Ctrl-C exit 137.
+    honcho_manager.KILL_WAIT = 30
 
     state = root / ".ozzy"
     # pgserver keeps lock files in the user's runtime folder; give it one where there is none.
