@@ -225,7 +225,7 @@ def _relays(runtime) -> int:
 def test_operators_pause_and_resume_a_handler_and_the_relay_and_stop_a_node(settings) -> None:
     w = writer(settings)
     with w.session_factory() as session:
-        user = create_user(session, "ops", "correct horse battery")
+        user = create_user(session, "ops", "correct horse battery", role="admin")  # stopping a node is admin-only
         _, token = create_token(session, user, "control-test")
         session.commit()
     port = free_port()

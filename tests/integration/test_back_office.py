@@ -34,7 +34,7 @@ API_ROUTES = [("GET", "/api/status"), ("GET", "/api/nodes"), ("GET", "/api/event
               ("GET", "/api/deliveries"), ("POST", "/api/deliveries/1/retry"), ("POST", "/api/deliveries/retry"),
               ("GET", "/api/settings/x"), ("PUT", "/api/settings/x"), ("GET", "/api/flags/x"),
               ("PUT", "/api/flags/x"), ("POST", "/api/handlers/test.audit/pause"), ("POST", "/api/relay/pause"),
-              ("POST", f"/api/nodes/{uuid.uuid4()}/stop")]
+              ("POST", "/api/nodes/00000000-0000-7000-8000-000000000001/stop")]
 INJECTIONS = ["' OR '1'='1", "1; DROP TABLE ozzy_outbox; --", "\" OR 1=1 --", "%' OR 1=1 --", "') OR ('a'='a"]
 
 
@@ -61,7 +61,7 @@ def https_client(app):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def operator(runtime):
     with runtime.session_factory() as session:
-        create_user(session, "ops", "correct horse battery")
+        create_user(session, "ops", "correct horse battery", role="admin")  # may do everything (#15 roles)
         session.commit()
     return "ops"
 
@@ -195,7 +195,7 @@ def test_every_page_renders_for_an_operator(logged_in, runtime, path) -> None:
 def test_dashboard_shows_backlog_handlers_and_nodes(logged_in, runtime) -> None:
     open_accounts(runtime, 4)
     html = logged_in.get("/admin/").get_data(as_text=True)
-    assert '<div class="h3 mb-0" id="backlog">4</div>' in html
+    assert '<div class="h3 mb-0" id="backlog">5</div>' in html  # and the login, on the audit trail
     assert "test.welcome" in html and "loans.credit_check" in html
     assert "events per minute" in html
 
@@ -219,7 +219,7 @@ def test_event_log_filters_searches_exports_and_shows_the_caused_chain(logged_in
     # CSV export with the payload
     exported = logged_in.get("/admin/events/export/csv/").get_data(as_text=True)
     rows = list(csv.DictReader(io.StringIO(exported)))
-    assert len(rows) == 6 and any(target in r["Payload"] for r in rows)
+    assert len(rows) == 7 and any(target in r["Payload"] for r in rows)  # 6 and the login's audit event
 
 
 @pytest.mark.parametrize("term", INJECTIONS)
@@ -233,7 +233,7 @@ def test_injection_strings_in_search_and_filters_are_just_values(logged_in, runt
         response = client.get("/api/events", query_string=params, headers=bearer(token))
         assert response.status_code == 200 and response.get_json()["items"] == []
     assert client.get("/api/deliveries", query_string={"handler": term}, headers=bearer(token)).get_json()["items"] == []
-    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == 2  # the table is still there, untouched
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE event_type <> 'ozzy.audit'") == 2  # the table is still there, untouched
 
 
 @pytest.fixture
@@ -638,13 +638,13 @@ def test_control_post_without_csrf_token_changes_nothing(logged_in, runtime, com
     assert post_control(logged_in, "pause_handler", "test.welcome", token).status_code == 302
     assert post_control(logged_in, "pause_relay", None, token).status_code == 302
     node_id = add_node(runtime)
-    before_rows = scalar(runtime, "SELECT count(*) FROM ozzy_outbox")
+    before_rows = scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE event_type <> 'ozzy.audit'")
     before_settings = setting_values(runtime)
     # When a command is posted without the CSRF token (a forged cross-site form)
     response = post_control(logged_in, command, str(node_id) if target == "node" else target)
     # Then it is refused, no event is written and the pause state is as it was
     assert response.status_code == 400
-    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox") == before_rows
+    assert scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE event_type <> 'ozzy.audit'") == before_rows
     assert setting_values(runtime) == before_settings == {"ozzy.paused_handlers": ["test.welcome"],
                                                           "ozzy.relay_paused": True}
 
