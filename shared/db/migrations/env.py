@@ -23,7 +23,9 @@ def run_migrations_online() -> None:
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
+    # ``ozzy db revision`` passes the application's tables and which objects to compare.
+    context.configure(connection=connection, target_metadata=config.attributes.get("target_metadata"),
+                      include_object=config.attributes.get("include_object"), transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
 
