@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, jsonify
 
 from shared.web import http
@@ -38,7 +40,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
             {
                 "service": "ozzy loan example",
                 "endpoints": ["POST /loan-applications", "GET /loan-applications/<id>",
-                              "POST /loan-applications/<id>/accept", "GET /healthz"],
+                              "POST /loan-applications/<id>/accept", "GET /loan-stats", "GET /healthz"],
             }
         )
 
@@ -51,8 +53,10 @@ def _ping_db(rt: Runtime) -> None:
 
 
 def _check(probe) -> str:  # type: ignore[no-untyped-def]
+    """``ok`` or ``down``: the driver's error text names hosts and users, so it goes to the log only."""
     try:
         probe()
     except Exception as exc:  # noqa: BLE001 - any failure is reported, not raised
-        return f"error: {type(exc).__name__}: {exc}"[:300]
+        logging.getLogger(__name__).warning("health check failed: %s", type(exc).__name__)
+        return "down"
     return "ok"

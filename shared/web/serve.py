@@ -16,6 +16,7 @@ from shared.config import Config, StartupError
 from shared.errors import ConfigurationError
 from shared.runtime.process import Process
 from shared.runtime.root import bootstrap
+from shared.web.http import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +29,21 @@ def load_factory(spec: str) -> Any:
     return getattr(importlib.import_module(module_name), attr)
 
 
+def make_server(app: Any, *, host: str, port: int, threads: int = 8) -> Any:
+    """The waitress server of ``app``, its port bound. A body over the limit is refused with 413
+    before it is read (waitress's default lets 1 GiB in, which the app's own check would only see
+    after buffering it)."""
+    return create_server(app, host=host, port=port, threads=threads, ident="ozzy",
+                         max_request_body_size=MAX_BODY_BYTES)
+
+
 def serve(config: Config, *, host: str, port: int, threads: int = 8) -> int:
     """Serve until SIGTERM or SIGINT; requests in flight finish, then 0 is returned."""
     # Handlers are imported too: the back office retries deliveries, which needs their queues.
     runtime = bootstrap(config)
     app = load_factory(config.web_app)(runtime)
     try:
-        server = create_server(app, host=host, port=port, threads=threads, ident="ozzy")
+        server = make_server(app, host=host, port=port, threads=threads)
     except OSError as exc:
         runtime.close()
         if exc.errno == errno.EADDRINUSE:

@@ -86,7 +86,7 @@ def test_users_list_prints_a_table_tab_separated_lines_and_json(cli_env, runtime
     table = ozzy("users", "list")
     assert table.exit_code == 0, table.output
     header, *rows = table.stdout.splitlines()
-    assert header.split() == ["id", "username", "active", "created", "last_login", "live_tokens"]
+    assert header.split() == ["id", "username", "active", "role", "created", "last_login", "live_tokens"]
     assert [row.split()[1:3] for row in rows] == [["ops", "yes"], ["ci", "no"]]
     assert rows[0].split()[-1] == "1" and rows[1].split()[-1] == "0"
     # With --json: the same rows as objects
@@ -166,7 +166,7 @@ def test_tokens_list_table_and_json(cli_env, runtime, terminal) -> None:
     first, secret = create_token_with_cli("ops", "deploy-bot")
     table = ozzy("tokens", "list")
     header, row = table.stdout.splitlines()
-    assert header.split() == ["id", "user", "name", "prefix", "created", "last_used", "revoked"]
+    assert header.split() == ["id", "user", "name", "prefix", "role", "created", "expires", "last_used", "revoked"]
     assert row.split()[:4] == [str(first), "ops", "deploy-bot", secret[:12] + "…"]
     [token] = json.loads(ozzy("tokens", "list", "--json").stdout)
     assert (token["id"], token["user"], token["name"], token["revoked"]) == (first, "ops", "deploy-bot", None)
