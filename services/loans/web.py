@@ -6,12 +6,13 @@ import uuid
 from decimal import Decimal
 from typing import Annotated
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
 
 from shared.web.http import BadRequest, json_body, unit_of_work
 from services.loans import use_cases
 from services.loans.model import OfferNotAcceptable
+from services.loans.stats import loan_stats
 
 bp = Blueprint("loans", __name__)
 
@@ -79,3 +80,10 @@ def show(application_id: str):  # type: ignore[no-untyped-def]
     if view is None:
         raise BadRequest("no such loan application", status=404, code="not_found")
     return jsonify(view)
+
+
+@bp.get("/loan-stats")
+def stats():  # type: ignore[no-untyped-def]
+    """Applications per UTC day and outcome, from the ``loans.stats`` projection."""
+    with current_app.extensions["ozzy"].engine.connect() as conn:
+        return jsonify(loan_stats(conn))

@@ -28,7 +28,7 @@ Command = Literal["pause_handler", "resume_handler", "pause_relay", "resume_rela
 PAUSED_HANDLERS = "ozzy.paused_handlers"
 RELAY_PAUSED = "ozzy.relay_paused"
 #: Event types a paused relay still dispatches, so the command that resumes it can reach it.
-CONTROL_PLANE = ("ozzy.control_command", "ozzy.setting_changed", "ozzy.flag_changed")
+CONTROL_PLANE = ("ozzy.control_command", "ozzy.setting_changed", "ozzy.flag_changed", "ozzy.listener_command")
 
 
 class ControlCommand(Event, name="ozzy.control_command", version=1):

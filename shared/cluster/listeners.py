@@ -80,6 +80,18 @@ def listener(
     return ListenerSpec(name or f"{fn.__module__}.{fn.__qualname__}", tuple(event_types), fn, start, on_start)
 
 
+class ListenerCommand(Event, name="ozzy.listener_command", version=1):
+    """An operator's decision about a listener that stopped on an event: ``retry`` it (a fresh
+    budget of tries) or ``skip`` the event at ``position`` (only if that is where it stopped). On
+    every node, or only on ``node`` (a node id). The reader applies it itself, so a command
+    reaches even a failed framework listener."""
+
+    action: Literal["retry", "skip"]
+    listener: str
+    node: str | None = None
+    position: int | None = None
+
+
 def listeners_in(module_names: Iterable[str]) -> list[ListenerSpec]:
     """Every listener declared in the modules ``module_names`` (packages are walked)."""
     return list(marked(import_modules(module_names), MARK))
