@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.db import sql
 from shared.db.tables import DEAD, PENDING, RETRYING
+from shared.delivery import ordering
 from shared.delivery.messages import send
 from shared.delivery.wiring import Wiring
 from shared.model.stored import envelope_json
@@ -59,4 +60,7 @@ def resolve(wiring: Wiring, ids: Sequence[int], actor: str | None) -> int:
     """Mark unfinished deliveries resolved (never to run); return how many changed."""
     note = f"resolved by {actor or 'an operator'}"
     with wiring.engine.begin() as conn:
-        return conn.execute(sql.RESOLVE, {"ids": list(ids), "note": note}).rowcount
+        # An ordered handler's next delivery of the same key, if it waited for this one, goes on.
+        count, released = ordering.resolve_and_release(conn, ids, sql.RESOLVE, {"ids": list(ids), "note": note})
+    ordering.send_released(wiring, released)
+    return count

@@ -41,6 +41,16 @@ class HandlerSpec:
     #: Dramatiq actor options (``max_retries``, ``min_backoff``, ``max_backoff``, ``time_limit``);
     #: the ones left out take the project-wide defaults from the configuration.
     options: dict[str, Any] = field(default_factory=dict)
+    #: Ordered handlers only: the event field (a name) or function giving the key whose events are
+    #: handled one at a time, in dispatch order (see :mod:`shared.delivery.ordering`).
+    ordered_by: str | Callable[[Any], Any] | None = None
+
+    def order_key(self, event: Event) -> str | None:
+        """The ordering key of ``event`` for this handler, as text (None: not ordered, or no key)."""
+        if self.ordered_by is None:
+            return None
+        value = getattr(event, self.ordered_by) if isinstance(self.ordered_by, str) else self.ordered_by(event)
+        return None if value is None else str(value)
 
     @property
     def origin(self) -> str:
@@ -59,6 +69,7 @@ def handles(
     min_backoff: int | None = None,
     max_backoff: int | None = None,
     time_limit: int | None = None,
+    ordered_by: str | Callable[[E], Any] | None = None,
 ) -> Callable[[F], F]:
     """Declare the decorated ``fn(event, uow)`` as a handler of ``event_type``.
 
@@ -67,6 +78,11 @@ def handles(
     were delivered to it. ``queue`` defaults to the name. Backoffs and the time limit are in
     milliseconds. The function is returned unchanged, so it stays directly callable (and
     unit-testable).
+
+    ``ordered_by`` (a field name of the event, or a function of the event) makes the handler
+    ordered: events with the same key are handled one at a time, in the log's dispatch order,
+    however many relays, workers and threads run; different keys still run in parallel. A delivery
+    that fails for good blocks the later ones of its key until an operator retries or resolves it.
     """
     if not (isinstance(event_type, type) and issubclass(event_type, Event)):
         raise HandlerError(f"@handles needs an Event subclass, got {event_type!r}")
@@ -85,9 +101,14 @@ def handles(
         }.items()
         if v is not None
     }
+    if isinstance(ordered_by, str) and ordered_by not in event_type.model_fields:
+        raise HandlerError(f"@handles({event_type.__name__}, ordered_by={ordered_by!r}): no such field"
+                           f" (fields: {', '.join(event_type.model_fields)})")
+    if ordered_by is not None and not isinstance(ordered_by, str) and not callable(ordered_by):
+        raise HandlerError(f"@handles({event_type.__name__}): ordered_by must be a field name or a function")
 
     def declare(fn: F) -> F:
-        spec = HandlerSpec(name, event_type, fn, queue or name, options)
+        spec = HandlerSpec(name, event_type, fn, queue or name, options, ordered_by)
         if not _QUEUE_NAME.match(spec.queue):
             raise HandlerError(f"handler {spec.name!r}: invalid queue name {spec.queue!r}")
         if MARK in vars(fn):

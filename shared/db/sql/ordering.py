@@ -1,0 +1,133 @@
+"""Ordered handlers: the key and position the relay records, the per-key gate the worker passes,
+and the hand-over to the next delivery of a key. See :mod:`shared.delivery.ordering`.
+
+Only deliveries of handlers declared with ``ordered_by=`` have an ``order_key``; every statement
+here filters on it, so unordered handlers never reach these rows or the partial index behind them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+
+from shared.db.tables import BLOCKED, DONE, FINISHED_SQL, PENDING
+
+#: The relay, in its dispatch transaction (under the dispatch lock, once positions are known): each
+#: ordered delivery gets its key and its event's dispatch position, one statement for the batch.
+ORDER_DELIVERIES = text(
+    """
+    UPDATE ozzy_deliveries d SET order_key = k.key, dispatch_seq = k.seq
+      FROM unnest(CAST(:event_ids AS uuid[]), CAST(:handlers AS text[]), CAST(:keys AS text[]),
+                  CAST(:seqs AS bigint[])) AS k(event_id, handler, key, seq)
+     WHERE d.event_id = k.event_id AND d.handler = k.handler
+    """
+)
+
+#: The worker's gate, step 1: the delivery's key and position, and the key's lock (transaction
+#: scoped). Every change of an ordered delivery's state that could let another one of its key run
+#: (a run, a block, a release, a resolve) holds this lock, so "is an earlier one unfinished?" and
+#: "who is next?" are never answered from a state that is changing under them. No row: the
+#: delivery is not ordered (an unordered handler before it was declared ordered, or no key).
+LOCK_KEY = text(
+    """
+    SELECT order_key, dispatch_seq, pg_advisory_xact_lock(hashtext(handler), hashtext(order_key)) AS locked
+      FROM ozzy_deliveries
+     WHERE event_id = :event_id AND handler = :handler AND order_key IS NOT NULL AND dispatch_seq IS NOT NULL
+    """
+)
+
+#: The gate, step 2, the inbox and the hand-over in one statement (a new one, so its snapshot is
+#: taken after the lock): ``blocker``, the earliest unfinished delivery of the key before this one;
+#: if there is one, this delivery becomes ``blocked`` and nothing else happens. Otherwise the inbox
+#: claim (``claimed``: NULL if the pair is already finished), and, in the same transaction, the
+#: hand-over: if the next unfinished delivery of the key is ``blocked``, it becomes pending and comes
+#: back with its event (one row per column set), to be sent once the handler's transaction commits.
+#: If the handler fails, the rollback undoes the claim and the release together.
+ORDERED_CLAIM = text(
+    f"""
+    WITH blocker AS (
+        SELECT id FROM ozzy_deliveries
+         WHERE handler = :handler AND order_key = :key AND order_key IS NOT NULL AND dispatch_seq < :seq
+           AND status NOT IN {FINISHED_SQL}
+         ORDER BY dispatch_seq
+         LIMIT 1
+    ), blocked AS (
+        UPDATE ozzy_deliveries SET status = '{BLOCKED}', updated_at = now()
+         WHERE event_id = :event_id AND handler = :handler AND status NOT IN {FINISHED_SQL}
+           AND EXISTS (SELECT 1 FROM blocker)
+        RETURNING id
+    ), claimed AS (
+        UPDATE ozzy_deliveries
+           SET status = '{DONE}', attempts = attempts + 1, completed_at = now(), updated_at = now()
+         WHERE event_id = :event_id AND handler = :handler AND status NOT IN {FINISHED_SQL}
+           AND NOT EXISTS (SELECT 1 FROM blocker)
+        RETURNING id
+    ), head AS (
+        SELECT id, status FROM ozzy_deliveries
+         WHERE handler = :handler AND order_key = :key AND order_key IS NOT NULL
+           AND status NOT IN {FINISHED_SQL} AND event_id <> :event_id
+           AND EXISTS (SELECT 1 FROM claimed)
+         ORDER BY dispatch_seq
+         LIMIT 1
+    ), released AS (
+        UPDATE ozzy_deliveries d SET status = '{PENDING}', enqueued_at = now(), updated_at = now()
+          FROM head WHERE d.id = head.id AND head.status = '{BLOCKED}'
+        RETURNING d.id, d.event_id, d.handler
+    )
+    SELECT (SELECT id FROM blocker) AS blocker, (SELECT id FROM claimed) AS claimed,
+           r.id AS delivery_id, r.handler, o.id, o.event_id, o.event_type, o.event_version,
+           o.aggregate_type, o.aggregate_id, o.payload::text AS payload,
+           o.metadata::text AS metadata, o.occurred_at
+      FROM (SELECT 1) AS one
+      LEFT JOIN released r ON true
+      LEFT JOIN ozzy_outbox o ON o.event_id = r.event_id
+    """
+)
+
+#: After an operator resolved a delivery of the key (in the same transaction, under the key's lock):
+#: if the earliest unfinished one of the key is blocked, it becomes pending again and comes back with
+#: its event, to be sent after commit (if that send is lost, the redelivery sweep sends it).
+RELEASE_NEXT = text(
+    f"""
+    WITH head AS (
+        SELECT id, status FROM ozzy_deliveries
+         WHERE handler = :handler AND order_key = :key AND order_key IS NOT NULL
+           AND status NOT IN {FINISHED_SQL}
+         ORDER BY dispatch_seq
+         LIMIT 1
+    ), released AS (
+        UPDATE ozzy_deliveries d SET status = '{PENDING}', enqueued_at = now(), updated_at = now()
+          FROM head WHERE d.id = head.id AND head.status = '{BLOCKED}'
+        RETURNING d.id, d.event_id, d.handler
+    )
+    SELECT r.id AS delivery_id, r.handler, o.id, o.event_id, o.event_type, o.event_version,
+           o.aggregate_type, o.aggregate_id, o.payload::text AS payload,
+           o.metadata::text AS metadata, o.occurred_at
+      FROM released r JOIN ozzy_outbox o ON o.event_id = r.event_id
+    """
+)
+
+#: The keys of the ordered deliveries among ``:ids`` (an operator resolves them), in lock order.
+KEYS_OF = text(
+    """
+    SELECT DISTINCT handler, order_key FROM ozzy_deliveries
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND order_key IS NOT NULL
+     ORDER BY handler, order_key
+    """
+)
+LOCK_ONE_KEY = text("SELECT pg_advisory_xact_lock(hashtext(:handler), hashtext(:key))")
+
+#: What the back office and the API show for blocked deliveries: the earliest unfinished delivery
+#: of the same key before each one (the delivery that holds it up).
+BLOCKERS = text(
+    f"""
+    SELECT b.id AS blocked_id, f.id AS blocker_id
+      FROM ozzy_deliveries b
+      CROSS JOIN LATERAL (
+            SELECT id FROM ozzy_deliveries x
+             WHERE x.handler = b.handler AND x.order_key = b.order_key AND x.dispatch_seq < b.dispatch_seq
+               AND x.status NOT IN {FINISHED_SQL}
+             ORDER BY x.dispatch_seq LIMIT 1) AS f
+     WHERE b.id = ANY(CAST(:ids AS bigint[])) AND b.status = '{BLOCKED}' AND b.order_key IS NOT NULL
+    """
+)
+
