@@ -29,12 +29,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared.channel.pubsub import Subscriber, events_channel, relay_channel
 from shared.db import sql
-from shared.delivery import timers
+from shared.db.sql import ordering as sql_ordering
+from shared.delivery import ordering, timers
+from shared.delivery.handlers import HandlerSpec
 from shared.delivery.messages import send
 from shared.delivery.wiring import Wiring
 from shared.errors import OzzyError
 from shared.model.events import registered_event_types
 from shared.model.stored import envelope_json, with_dispatch_seq
+from shared.observability import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,10 @@ class Relay:
         self.wiring = wiring
         self.config = wiring.config
         self.by_type = wiring.handlers.by_event_type
+        # Ordered handlers' messages wait for the commit that gives their events a position (see
+        # shared.delivery.ordering); every other handler's go out with the batch, before it.
+        self._unordered_by_type = {t: [s for s in specs if s.ordered_by is None] for t, specs in self.by_type.items()}
+        self._ordered_by_type = {t: o for t, specs in self.by_type.items() if (o := [s for s in specs if s.ordered_by])}
         # The claim records one pending delivery per (event, handler) from this table, server-side.
         routes = wiring.handlers.routes()
         self._routes = {"route_types": [t for t, _ in routes], "route_handlers": [h for _, h in routes]}
@@ -104,6 +111,7 @@ class Relay:
 
     def dispatch_batch(self) -> int:
         """Claim, send and mark one batch in one transaction; return the number of rows claimed."""
+        started, started_ns = time.perf_counter(), time.time_ns()
         with self.wiring.engine.connect() as conn, conn.begin():
             params = {"limit": self.config.batch_size, **self._routes}
             if self.paused:
@@ -117,23 +125,52 @@ class Relay:
             self._park(conn, [row for row in rows if row.event_type not in known])
             envelopes = [envelope_json(row) for row in routable]
             send(self.wiring.redis, self.config.redis_namespace, [
-                (spec, env) for row, env in zip(routable, envelopes) for spec in self.by_type.get(row.event_type, ())
+                (spec, env) for row, env in zip(routable, envelopes)
+                for spec in self._unordered_by_type.get(row.event_type, ())
             ])
+            ordered: list[tuple[HandlerSpec, str]] = []
             if routable:
                 conn.execute(sql.DISPATCH_LOCK)
                 positions = mark_dispatched(conn, [row.id for row in routable])
+                if self._ordered_by_type:
+                    ordered = self._order(conn, routable, envelopes, positions)
         self.stats.dispatched += len(routable)
         self.stats.batches += 1
+        metrics.relay_dispatched.inc(len(routable))
+        metrics.relay_batch_seconds.observe(time.perf_counter() - started)
+        if tracing.active():
+            tracing.dispatched([(row.event_id, row.event_type, row.metadata) for row in routable], started_ns)
         if routable:
-            self._announce(routable, envelopes, positions)
+            self._announce(routable, envelopes, positions, ordered)
         return len(rows)
 
-    def _announce(self, rows: list[Any], envelopes: list[str], positions: dict[int, int]) -> None:
+    def _order(self, conn: Connection, rows: list[Any], envelopes: list[str],
+               positions: dict[int, int]) -> list[tuple[HandlerSpec, str]]:
+        """Record the key and position of the batch's ordered deliveries; return their messages."""
+        params: dict[str, list[Any]] = {"event_ids": [], "handlers": [], "keys": [], "seqs": []}
+        messages: list[tuple[HandlerSpec, str]] = []
+        for row, env in zip(rows, envelopes):
+            specs = self._ordered_by_type.get(row.event_type)
+            if not specs:
+                continue
+            for spec, key in zip(specs, ordering.keys_for(specs, row)):
+                messages.append((spec, env))
+                if key is not None:
+                    for name, value in zip(params, (row.event_id, spec.name, key, positions[row.id])):
+                        params[name].append(value)
+        if params["keys"]:
+            conn.execute(sql_ordering.ORDER_DELIVERIES, params)
+        return messages
+
+    def _announce(self, rows: list[Any], envelopes: list[str], positions: dict[int, int],
+                  ordered: list[tuple[HandlerSpec, str]]) -> None:
         """After commit, publish the batch (a JSON array of envelopes, each with its dispatch
-        position) for live subscribers; cluster listeners read the log if this is lost."""
+        position) for live subscribers, and send the ordered handlers' messages, in one round trip;
+        cluster listeners read the log if this is lost, and the sweep sends lost ordered messages."""
         announced = [with_dispatch_seq(env, positions[row.id]) for row, env in zip(rows, envelopes)]
         try:
-            send(self.wiring.redis, self.config.redis_namespace, [], publish=announced, channel=self._events_channel)
+            send(self.wiring.redis, self.config.redis_namespace, ordered, publish=announced,
+                 channel=self._events_channel)
         except Exception as exc:  # noqa: BLE001 - a hint only; listeners poll the log
             log.warning("could not announce %d events on the fast channel: %s", len(envelopes), exc)
 
@@ -155,6 +192,10 @@ class Relay:
         if count:
             log.info("unparked %d events whose type is now known", count)
         return count
+
+    def running(self) -> bool:
+        """True until stopped, while the drain thread runs (for the liveness probe)."""
+        return self._drain_thread is None or self._drain_thread.is_alive() or self._stopping.is_set()
 
     def status(self) -> dict[str, Any]:
         return {"relay": asdict(self.stats), "fast_channel": self.subscriber.status(), "paused": self.paused}
@@ -240,6 +281,7 @@ class Relay:
                 self.stats.drains_by_poll += 1
             else:
                 self.stats.drains_by_notify += 1
+            metrics.relay_drains.labels("timer" if not woken else self._reason).inc()
             try:
                 fired = self.fire_due()
                 self.drain()

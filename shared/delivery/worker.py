@@ -19,11 +19,13 @@ from sqlalchemy.orm.exc import StaleDataError
 from shared.db import sql
 from shared.db.tables import DEAD, INVALID_PAYLOAD, PERMANENT_ERROR, RETRIES_EXHAUSTED, RETRYING, UNKNOWN_EVENT_TYPE
 from shared.delivery.broker import OzzyBroker
+from shared.delivery import ordering, versions
 from shared.delivery.handlers import HandlerSpec
 from shared.delivery.wiring import Wiring
 from shared import logs
 from shared.errors import ConcurrencyError, EventDecodeError, PermanentError, UnknownEventType
 from shared.model.events import causal_context
+from shared.observability.handlers import DUPLICATE, PARKED_OUTCOME, WAITING, HandlerObservability, outcome
 from shared.model.stored import StoredEvent, decode
 from shared.outbox.unit_of_work import SqlUnitOfWork
 
@@ -31,10 +33,17 @@ log = logging.getLogger(__name__)
 
 
 def actor_function(wiring: Wiring, spec: HandlerSpec) -> Callable[[dict[str, Any]], None]:
-    """The function Dramatiq runs for ``spec``: it receives a stored event's message form."""
+    """The function Dramatiq runs for ``spec``: it receives a stored event's message form.
+
+    It returns None (Dramatiq warns about any other value, with no Results middleware); what came
+    of the message, when it is not a run, is told to the metrics middleware by :func:`outcome`."""
 
     def handle(envelope: dict[str, Any]) -> None:
         stored = StoredEvent.from_message(envelope)
+        if versions.too_new(stored):  # a rolling deploy: wait for a worker that knows this version
+            versions.park(wiring, spec, stored)
+            outcome(PARKED_OUTCOME)
+            return
         pause = 0.1
         while True:
             try:
@@ -69,10 +78,22 @@ def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
     started = time.perf_counter()
     session = wiring.session_factory()
     uow = SqlUnitOfWork(session, managed=True)
+    released: list[Any] = []
     try:
-        claimed = session.execute(sql.INBOX_CLAIM, {"event_id": stored.event_id, "handler": spec.name}).first()
+        # An ordered handler passes its key's gate, which also claims the inbox row (see ordering).
+        gate = ordering.enter(session, spec.name, stored.event_id) if spec.ordered_by is not None else None
+        if gate is not None and gate.blocker is not None:
+            session.commit()  # blocked: the delivery that finishes the blocker sends it again
+            log.debug("%s: %s waits for delivery %s of its key", spec.name, stored.event_id, gate.blocker)
+            outcome(WAITING)
+            return False
+        if gate is not None:
+            claimed, released = gate.claimed, gate.released
+        else:
+            claimed = session.execute(sql.INBOX_CLAIM, {"event_id": stored.event_id, "handler": spec.name}).scalar()
         if claimed is None:
             session.rollback()
+            outcome(DUPLICATE)
             log.debug("skipping %s for %s: already done", spec.name, stored.event_id)
             return False
         event = decode(stored)
@@ -84,6 +105,8 @@ def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
         raise ConcurrencyError() from exc
     finally:
         session.close()
+    if released:
+        ordering.send_released(wiring, released)
     if uow.written:
         wiring.wake_relays()
     # Per event, so DEBUG: at INFO a busy worker spent a measurable share of its time on log lines.
@@ -157,6 +180,8 @@ def build_broker(wiring: Wiring) -> OzzyBroker:
     set as Dramatiq's global broker (before any actor could be declared elsewhere)."""
     c = wiring.config
     middleware = [
+        # First, so its "after" hook runs last: metrics, log context and span of each message.
+        HandlerObservability(),
         AgeLimit(),
         TimeLimit(time_limit=c.time_limit_ms),
         ShutdownNotifications(),

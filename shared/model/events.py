@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import DuplicateEventType, EventTypeError, UnknownEventType
+from shared.observability import tracing
 
 __all__ = ["Event", "causal_context", "event_class", "new_event_id", "new_metadata", "registered_event_types"]
 
@@ -121,6 +122,7 @@ def new_metadata(event_id: uuid.UUID) -> dict[str, Any]:
     actor = _actor.get()
     if actor is not None:
         meta["actor"] = actor
+    tracing.add_context(meta)  # the trace this event belongs to (only while tracing is on)
     return meta
 
 

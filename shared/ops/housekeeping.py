@@ -31,9 +31,10 @@ HOUSEKEEPING_LOCK = 7305214102012
 class Lease:
     """An advisory lock kept on its own connection for as long as this process holds it."""
 
-    def __init__(self, engine: Engine, key: int = HOUSEKEEPING_LOCK) -> None:
+    def __init__(self, engine: Engine, key: int = HOUSEKEEPING_LOCK, *, name: str = "housekeeping") -> None:
         self.engine = engine
         self.key = key
+        self.name = name
         self._conn: Connection | None = None
 
     @property
@@ -47,17 +48,17 @@ class Lease:
                 self._conn.execute(sql.PING)  # the lock lives as long as this connection
                 return True
             except SQLAlchemyError:
-                log.warning("lost the housekeeping lease with its connection")
+                log.warning("lost the %s lease with its connection", self.name)
                 self._drop()
         try:
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             if conn.execute(sql.TRY_LEASE, {"k": self.key}).scalar():
                 self._conn = conn
-                log.info("took the housekeeping lease")
+                log.info("took the %s lease", self.name)
                 return True
             conn.close()
         except SQLAlchemyError as exc:
-            log.warning("could not try the housekeeping lease: %s", exc)
+            log.warning("could not try the %s lease: %s", self.name, exc)
         return False
 
     def release(self) -> None:

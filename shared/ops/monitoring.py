@@ -13,6 +13,8 @@ from sqlalchemy import Connection, Engine
 
 from shared.db import sql
 from shared.db.tables import PENDING
+from shared.ops import live
+from shared.projections.runner import status as projection_status
 
 
 def _age(moment: datetime | None, now: datetime) -> float | None:
@@ -29,7 +31,8 @@ def backlog(conn: Connection, now: datetime) -> dict[str, Any]:
 
 
 def handlers(conn: Connection, now: datetime, known: list[str]) -> dict[str, dict[str, Any]]:
-    """Per handler: pending, retrying (failed, retry scheduled) and dead counts, oldest pending age."""
+    """Per handler: pending, retrying (failed, retry scheduled) and dead counts, oldest pending age
+    (and ``parked``, an event version newer than a worker knew, when there are any)."""
     result: dict[str, dict[str, Any]] = {
         name: {"pending": 0, "retrying": 0, "dead": 0, "oldest_pending_age_seconds": None} for name in known
     }
@@ -79,6 +82,16 @@ def fast_channel(node_list: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def listener_failures(node_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cluster-wide listeners stuck on an event, per live node: retrying (with backoff) or stopped
+    (``failed``: out of tries, waiting for an operator's retry or skip)."""
+    return [
+        {"node": n["id"], "kind": n["kind"], "host": n["host"], "pid": n["pid"], "listener": name, **failure}
+        for n in node_list if not n["stopped"]
+        for name, failure in sorted((n["info"].get("listeners") or {}).get("failures", {}).items())
+    ]
+
+
 def events_per_minute(conn: Connection) -> list[dict[str, Any]]:
     return [{"minute": r.minute.isoformat(), "count": r.n} for r in conn.execute(sql.EVENTS_PER_MINUTE)]
 
@@ -93,6 +106,10 @@ def status(engine: Engine, known_handlers: list[str]) -> dict[str, Any]:
             "handlers": handlers(conn, now, known_handlers),
             "fast_channel": fast_channel(node_list),
             "nodes": node_list,
+            "listener_failures": listener_failures(node_list),
+            "projections": projection_status(engine),
             "events_per_minute": events_per_minute(conn),
+            # rates and durations from the nodes' heartbeats (the live dashboard, ozzy status)
+            "throughput": live.throughput(node_list, known_handlers),
             "at": now.isoformat(),
         }

@@ -15,6 +15,7 @@ from shared.model.aggregate import Aggregate
 from shared.model.stored import StoredEvent
 from shared.db.sql import CANCEL_SCHEDULED
 from shared.model.unit_of_work import Cancel, UnitOfWork
+from shared.observability import tracing
 from shared.outbox.write import take_awaiting, write_at_commit, write_events, write_leftover, write_timer_ops
 
 T = TypeVar("T")
@@ -64,7 +65,11 @@ class SqlUnitOfWork(UnitOfWork):
     def commit(self) -> list[StoredEvent]:
         if self._managed:
             return self.flush()
-        stored = self.commit_transaction()
+        if tracing.active():  # the commit is a span of its own; its events carry its context
+            with tracing.span("ozzy.commit"):
+                stored = self.commit_transaction()
+        else:
+            stored = self.commit_transaction()
         if (stored or self._timers_written) and self._on_commit is not None:
             self._on_commit()  # new events to relay, or a timer that may be due before the others
         self._timers_written = False

@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 from shared.cluster.control import Controls
 from shared.cluster.nodes import Node
 from shared.cluster.reader import ClusterListener
+from shared.runtime.observe import Observability
 from shared.runtime.root import Runtime
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,13 @@ class Process:
     """The lifecycle of one Ozzy process of ``kind``; its job plugs in through :meth:`run`."""
 
     def __init__(self, runtime: Runtime, kind: str, *, info: Callable[[], dict[str, Any]] = dict,
-                 **control_actions: Any) -> None:
+                 alive: dict[str, Callable[[], bool]] | None = None, **control_actions: Any) -> None:
         self.runtime = runtime
         self.kind = kind
         self._info = info
+        #: The job's liveness checks for ``/healthz`` (each True while its loop runs).
+        self.alive = dict(alive or {})
+        self.started = False
         self.node = Node(runtime.engine, kind, self.status)
         self.controls = Controls(self.node, **control_actions)
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
@@ -71,7 +75,8 @@ class Process:
         config = self.runtime.config
         specs = [self.runtime.values.listener(), self.controls.listener(), *self.runtime.listeners]
         name = config.node_name or f"{socket.gethostname()}-{self.kind}"
-        self.listeners = ClusterListener(self.runtime.engine, self.runtime.redis, config, name, specs)
+        self.listeners = ClusterListener(self.runtime.engine, self.runtime.redis, config, name, specs,
+                                         node_id=str(self.node.id))
         self.listeners.start(on_ready)
         self.node.register()
         self.every(config.node_heartbeat, self.node.beat, "node-heartbeat")
@@ -98,11 +103,19 @@ class Process:
         ``needs_redis``, wait for Redis to answer before starting the job."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        try:
+            observability = Observability(self, self.alive, started=lambda: self.started)
+        except Exception:  # the metrics port cannot be bound: nothing started yet
+            self.runtime.close()
+            raise
+        observability.start()  # probes answer while the job waits for Redis
         if needs_redis and not self._wait_for_redis():
+            observability.stop()
             self.runtime.close()
             return 0
         start()
         self.start(on_ready)
+        self.started = True
         try:
             if serve is not None:
                 self._serving = True
@@ -114,8 +127,10 @@ class Process:
         finally:
             self._serving = False
             log.info("%s stopping", self.kind)
+            self.started = False
             stop()
             self.stop()
+            observability.stop()
             self.runtime.close()
         return 0
 

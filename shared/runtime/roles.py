@@ -10,8 +10,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from shared import settings as runtime_settings
 from shared.cluster.control import CONTROL_PLANE, PAUSED_HANDLERS, RELAY_PAUSED
+from shared.delivery import versions
 from shared.delivery.relay import Relay
 from shared.ops.housekeeping import Housekeeping
+from shared.projections.runner import Projector
+from shared.observability import metrics
+from shared.observability.window import Rate, Window
 from shared.runtime.process import Process
 from shared.runtime.root import Runtime, import_event_modules
 from shared.workflows import recurring
@@ -33,10 +37,18 @@ def run_relay(runtime: Runtime) -> int:
 
     relay = Relay(runtime, while_paused=CONTROL_PLANE, after_fire=schedule_jobs)
     chores = Housekeeping(runtime)
+    # Projections run in the relays: each relay hears the positions it commits at once, and the
+    # checkpoint row lock lets any number of relays take turns on a projection (see runner.py).
+    projector = Projector(runtime.engine, runtime.redis, runtime.config, runtime.projections)
     process = Process(
-        runtime, "relay", info=lambda: {**relay.status(), "leader": chores.lease.held},
+        runtime, "relay",
+        info=lambda: {**relay.status(), "leader": chores.lease.held, "projections": projector.status(),
+                      "dispatched_per_second": dispatch_rate.sample(relay.stats.dispatched)},
+        alive={"relay": lambda: relay.running()},
         pause_relay=relay.pause, resume_relay=relay.resume,
     )
+    dispatch_rate = Rate()
+    metrics.export_fast_channel(lambda: relay.subscriber.status().get("state") == "connected")
     # Until the settings are loaded, assume paused: only the control plane moves.
     relay.paused = True
 
@@ -48,11 +60,13 @@ def run_relay(runtime: Runtime) -> int:
             schedule_jobs(at_start=True)  # first, so the missed-run policy sees what was missed
             process.every(runtime.config.sweep_interval, schedule_jobs, "recurring-jobs")
         relay.start(process.scheduler)
+        projector.start()
         process.every(runtime.config.sweep_interval, chores.run, "housekeeping", now=True)
         log.info("relay started: %d handlers for %d event types", len(runtime.handlers), len(relay.by_type))
 
     def stop() -> None:
         relay.stop()
+        projector.stop()
         chores.stop()
 
     return process.run(start=start, stop=stop, on_ready=honour_pause, needs_redis=True)
@@ -79,18 +93,26 @@ def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str]
             if name in runtime.handlers:
                 broker.paused_queues.add(runtime.handlers[name].queue)
 
+    def send_parked() -> None:
+        versions.send_parked_known(runtime)
+
     def start() -> None:
         worker.start()
+        # Parked deliveries of event versions this worker knows (a rolling deploy) go on from here.
+        process.every(runtime.config.sweep_interval, send_parked, "parked-versions", now=True)
         log.info("worker started: %d handlers on %d queues", len(runtime.handlers), len(broker.get_declared_queues()))
 
     def stop() -> None:
         log.info("worker stopping: finishing in-flight messages")
         worker.stop(timeout=runtime.config.time_limit_ms)
 
+    window = Window()
     process = Process(
         runtime, "worker",
         info=lambda: {"handlers": sorted(runtime.handlers), "threads": worker.worker_threads,
-                      "queues": sorted(queues or []), "paused_queues": sorted(broker.paused_queues)},
+                      "queues": sorted(queues or []), "paused_queues": sorted(broker.paused_queues),
+                      "handler_stats": window.handlers()},
+        alive={"worker_threads": lambda: all(t.is_alive() for t in [*worker.workers, *worker.consumers.values()])},
         handlers=lambda: set(runtime.handlers), pause_handler=pause, resume_handler=resume,
     )
     return process.run(start=start, stop=stop, on_ready=honour_pauses, needs_redis=True)

@@ -26,9 +26,14 @@ from shared.delivery.handlers import HandlerRegistry, HandlerSpec
 from shared.delivery.worker import build_broker
 from shared.discovery import import_modules
 from shared.outbox.unit_of_work import SqlUnitOfWork
+from shared.projections.projection import Projection, projections_in
 from shared.workflows.recurring import RecurringJob, jobs_in
+from shared.ops.audit import Audited
 
 log = logging.getLogger(__name__)
+#: Event types every process must know although no handler asks for them: a relay parks the types
+#: it does not know, and the audit trail (ozzy.audit) is written by the web process and the CLI.
+FRAMEWORK_EVENTS = (Audited,)
 
 
 class Runtime:
@@ -41,6 +46,7 @@ class Runtime:
         handlers: HandlerRegistry | Iterable[HandlerSpec | Callable[..., Any]] = (),
         listeners: Iterable[ListenerSpec] = (),
         recurring: Iterable[RecurringJob] = (),
+        projections: Iterable[Projection] = (),
     ) -> None:
         self.config = config
         self.engine = engine
@@ -50,6 +56,8 @@ class Runtime:
         self.listeners = list(listeners)
         #: Recurring jobs the relays of this deployment keep scheduled.
         self.recurring = list(recurring)
+        #: Projections the relays of this deployment keep live (``ozzy projections`` manages them).
+        self.projections = list(projections)
         # Commands that may wait (the relay's pipeline, workers) use this client ...
         self.redis = redis.Redis.from_url(config.redis_url, socket_timeout=10, socket_connect_timeout=5)
         # ... the write path's wake-up uses one that gives up quickly.
@@ -88,11 +96,13 @@ def bootstrap(config: Config | None = None, *, import_handlers: bool = True) -> 
     handlers: HandlerRegistry = HandlerRegistry()
     listeners: list[ListenerSpec] = []
     jobs: list[RecurringJob] = []
+    projections: list[Projection] = []
     if import_handlers:
         handlers = HandlerRegistry.from_modules(config.handler_modules)
         listeners = listeners_in(config.handler_modules)
         jobs = jobs_in(config.handler_modules)
-    return Runtime(config, make_engine(config), handlers, listeners, jobs)
+        projections = projections_in(config.handler_modules)
+    return Runtime(config, make_engine(config), handlers, listeners, jobs, projections)
 
 
 def import_event_modules(config: Config) -> None:

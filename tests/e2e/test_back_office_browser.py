@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
         page.click("#login")
         page.wait_for_selector("#summary")
         assert "browser.gated" in page.inner_text("#handlers")
-        page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "dashboard-fixtures.png"), full_page=True)
 
         # Filter the event log by type through the filter menu
         page.goto(f"{base}/admin/events/")
@@ -82,7 +83,7 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
         page.wait_for_load_state()
         types = page.locator("td.col-event_type").all_inner_texts()
         assert types and set(t.strip() for t in types) == {"test.deposit_audited"}
-        page.screenshot(path=str(shots / "event-log.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "event-log-fixtures.png"), full_page=True)
 
         # Turn the flag on
         page.goto(f"{base}/admin/flags/new/")
@@ -112,7 +113,7 @@ def test_an_operator_logs_in_filters_events_flips_a_flag_and_retries_a_dead_lett
         handlers = {h.strip() for h in page.locator("td.col-handler").all_inner_texts()}
         statuses = [s.strip() for s in page.locator("td.col-status").all_inner_texts()]
         assert handlers == {"browser.gated"} and statuses == ["done"] * 12, (handlers, statuses)
-        page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "deliveries-fixtures.png"), full_page=True)
     w.close()
 
 
@@ -120,7 +121,7 @@ def test_drain_and_stop_asks_first_and_sends_nothing_when_the_operator_declines(
     settings = clean_db
     w = writer(settings)
     with w.session_factory() as session:
-        create_user(session, "operator", "a long passphrase")
+        create_user(session, "operator", "a long passphrase", role="admin")  # stopping nodes needs admin
         session.commit()
     # A worker node seen a moment ago (a row only: the command is recorded, no process acts on it)
     node_id = uuid.uuid4()
@@ -166,6 +167,60 @@ def test_drain_and_stop_asks_first_and_sends_nothing_when_the_operator_declines(
                          " FROM ozzy_outbox WHERE event_type = 'ozzy.control_command'") == \
             f"drain_stop {node_id} user:operator"
         page.screenshot(path=str(tmp_path / "drain-confirmed.png"), full_page=True)
+    w.close()
+
+
+def test_the_dashboard_updates_itself_under_demo_traffic_and_takes_the_readme_pictures(clean_db, browser, tmp_path) -> None:
+    """The README's pictures: the loan example under the traffic ``ozzy dev --demo`` sends."""
+    from shared.cli.dev import demo_loop
+
+    settings = clean_db
+    shots = DOCS_SHOTS if os.environ.get("OZZY_SCREENSHOTS") == "1" else tmp_path
+    w = writer(settings)
+    with w.session_factory() as session:
+        create_user(session, "operator", "a long passphrase")
+        session.commit()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = process_env(settings, PORT=str(port), OZZY_LOG_LEVEL="WARNING", OZZY_NODE_HEARTBEAT="2",
+                      OZZY_HANDLER_MODULES='["workers.handlers"]')
+    stop = threading.Event()
+    with ozzy_processes(env, ["web", "--host", "127.0.0.1"], ["relay"], ["worker"]):
+        wait_until(lambda: _healthy(base), timeout=60, interval=0.2)
+        threading.Thread(target=demo_loop, args=(base, stop), daemon=True).start()
+        try:
+            wait_until(lambda: scalar(w, "SELECT count(*) FROM loan_notifications") >= 3, timeout=60)
+            shots.mkdir(parents=True, exist_ok=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(20_000)
+            page.goto(f"{base}/admin/login")
+            page.fill("#username", "operator")
+            page.fill("#password", "a long passphrase")
+            page.click("#login")
+            page.wait_for_selector("#summary")
+            first_seen = page.inner_text("#as-of")
+            # The page updates itself: new figures arrive with no reload
+            page.wait_for_function("(t) => document.getElementById('as-of').textContent !== t", arg=first_seen)
+            page.wait_for_function("() => parseFloat(document.getElementById('events-per-second').textContent) > 0")
+            page.wait_for_function(
+                "() => !document.querySelector('tr[data-handler=\"loans.credit_check\"] [data-cell=\"p50\"]')"
+                ".textContent.includes('\u2014')")
+            assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
+            assert page.inner_text("#fast-channel").strip() == "connected"
+            assert "loans.credit_check" in page.inner_text("#handlers") and "browser." not in page.inner_text("#handlers")
+            assert page.inner_text("#live-nodes").strip() == "3"
+            page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+
+            page.goto(f"{base}/admin/events/")
+            page.wait_for_selector("td.col-event_type")
+            assert "loans.application_submitted" in page.inner_text("body")
+            page.screenshot(path=str(shots / "event-log.png"), full_page=True)
+            page.goto(f"{base}/admin/deliveries/")
+            page.wait_for_selector("td.col-handler")
+            assert "loans.notify_" in page.inner_text("body")
+            page.screenshot(path=str(shots / "deliveries.png"), full_page=True)
+        finally:
+            stop.set()
     w.close()
 
 
