@@ -42,6 +42,7 @@ ones). Progress goes to stderr; the last line of stdout is one JSON object with 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -64,6 +65,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
+from bench import common  # noqa: E402
+from bench.common import BenchError, percentile  # noqa: E402
 from shared.config import Config  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.ops.accounts import create_token, create_user  # noqa: E402
@@ -96,28 +99,8 @@ def say(message: str) -> None:
     sys.stderr.flush()
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what} (last value {value!r})")
-        time.sleep(interval)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+#: This script's waits poll every 20 ms (the shared default is 50 ms): its figures are times to an outcome.
+wait_until = functools.partial(common.wait_until, interval=0.02)
 
 
 def summary(values: list[float], digits: int = 2) -> dict[str, Any]:

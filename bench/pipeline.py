@@ -49,6 +49,7 @@ import redis  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.common import BenchError, percentile, wait_until  # noqa: E402
 from bench.bench_app import HANDLER_NAME, TABLES, BenchItem, ItemCreated, record_item  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.db.migrate import migrate  # noqa: E402
@@ -76,32 +77,6 @@ _T0 = time.monotonic()
 def say(msg: str) -> None:
     sys.stderr.write(f"[bench {time.monotonic() - _T0:7.1f}s] {msg}\n")
     sys.stderr.flush()
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what} (last value {value!r})")
-        time.sleep(interval)
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * p / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def closed_port() -> int:

@@ -62,20 +62,18 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.bench_app import HANDLER_NAME, ItemCreated  # noqa: E402
+from bench.common import BenchError, percentile, wait_until  # noqa: E402
 from bench.pipeline import (  # noqa: E402
-    BenchError,
     Environment,
     OzzyProcess,
     code_version,
     cpu_seconds,
     loadavg,
     machine,
-    percentile,
     process_env,
     r,
     say,
     server_versions,
-    wait_until,
 )
 from shared.config import Config  # noqa: E402
 from shared.db import sql  # noqa: E402
