@@ -16,6 +16,10 @@ from flask_admin.theme import Bootstrap4Theme
 from flask_wtf.csrf import CSRFProtect
 
 from admin import api, auth, db
+from admin import replay as _replay  # also adds /api/replays... to api.bp (before it is registered)
+from admin import feed as _feed  # noqa: F401 - registers GET /api/feed on api.bp
+from admin.listeners import ListenersView  # also registers POST /api/listeners/... on api.bp
+from admin.audit import AuditView
 from admin.models import Delivery, NodeRow, OutboxEvent, RecurringRow, ScheduledRow
 from admin.scheduled import ScheduledView
 from admin.workflows import RecurringView, SagasView
@@ -96,6 +100,9 @@ def init_admin(app: Flask, runtime: Runtime) -> Admin:
         admin.add_view(RecurringView(RecurringRow, scoped, name="Recurring jobs", endpoint="recurring",
                                      category="Workflows"))
         admin.add_view(NodesView(NodeRow, scoped, name="Nodes", endpoint="nodes"))
+        admin.add_view(ListenersView(name="Listeners", endpoint="listeners"))
+        admin.add_view(_replay.ReplaysView(name="Replays", endpoint="replays"))
+        admin.add_view(AuditView(name="Audit", endpoint="audit", url="/admin/audit"))
     return admin
 
 

@@ -2,7 +2,9 @@
 
 Documented in ``docs/api.md``. Every route needs authentication; with a session cookie, unsafe
 methods also need the CSRF token (``X-CSRFToken``); bearer-token calls are not cookie-based and so
-are exempt.
+are exempt. Every route of this blueprint, including those other modules add to it, is held to a
+role by :func:`admin.auth.required_role` (reads: viewer; changes: operator; ``@requires("admin")``
+for more), before it runs.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError
 from sqlalchemy import select
 
-from admin.auth import actor, user_for_token
+from admin.auth import actor, audit, current_role, forbidden_json, required_role, requires
+from shared.ops.accounts import authenticate_token, role_allows, token_role
 from admin.db import db_session
 from admin.models import Delivery, NodeRow, OutboxEvent
 from admin.views import caused_chain, not_dispatched
-from shared.web.http import BadRequest
+from shared.web.http import BadRequest, parse_id
 from shared.cluster import control
 from shared.cluster import values as dynamic
-from shared.delivery import deadletters
+from shared.db.tables import BLOCKED
+from shared.delivery import deadletters, ordering
 from shared.ops import monitoring
 from shared.errors import ConcurrencyError
 from shared.model.events import causal_context
@@ -40,11 +44,13 @@ def runtime():  # type: ignore[no-untyped-def]
 def _authenticate():  # type: ignore[no-untyped-def]
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
-        user = user_for_token(db_session(), header[len("Bearer "):].strip())
-        if user is None:
-            raise BadRequest("invalid or revoked API token", status=401, code="unauthorized")
-        g.api_user = user
-        return None
+        found = authenticate_token(db_session(), header[len("Bearer "):].strip())
+        if found is None:
+            raise BadRequest("invalid, expired or revoked API token", status=401, code="unauthorized")
+        g.api_user, g.api_token = found
+        g.role = token_role(found[1], found[0])
+        g.actor_name = f"token:{found[1].name}"
+        return _authorize()
     if not current_user.is_authenticated:
         raise BadRequest("log in or send 'Authorization: Bearer <token>'", status=401, code="unauthorized")
     if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -52,23 +58,32 @@ def _authenticate():  # type: ignore[no-untyped-def]
             current_app.extensions["csrf"].protect()
         except CSRFError as exc:
             raise BadRequest(f"CSRF check failed: {exc.description}", status=403, code="csrf_failed") from None
+    return _authorize()
+
+
+def _authorize():  # type: ignore[no-untyped-def]
+    """403 unless this request's role is enough for the route (see :func:`admin.auth.required_role`)."""
+    needed = required_role(request.method, current_app.view_functions.get(request.endpoint or ""))
+    if not role_allows(current_role(), needed):
+        return forbidden_json(needed)
     return None
 
 
 def _limit() -> int:
-    raw = request.args.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    value = parse_id(request.args.get("limit", "50"))
+    if value is None or not 1 <= value <= MAX_LIMIT:
         raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", fields={"limit": "out of range"})
-    return int(raw)
+    return value
 
 
 def _cursor() -> int | None:
     raw = request.args.get("cursor")
     if raw is None:
         return None
-    if not raw.isdigit():
+    value = parse_id(raw)
+    if value is None:
         raise BadRequest("cursor must be the next_cursor of a previous page", fields={"cursor": "invalid"})
-    return int(raw)
+    return value
 
 
 def _uuid_arg(name: str) -> uuid.UUID | None:
@@ -136,6 +151,10 @@ def delivery_json(d: Delivery) -> dict[str, Any]:
         "completed_at": d.completed_at.isoformat() if d.completed_at else None,
         "first_failed_at": d.first_failed_at.isoformat() if d.first_failed_at else None,
         "last_failed_at": d.last_failed_at.isoformat() if d.last_failed_at else None,
+        # An ordered handler's delivery waiting for an earlier one of its key: the one holding it up.
+        "order_key": d.order_key,
+        "blocked_by": ordering.blockers(db_session(), [d.id]).get(d.id) if d.status == BLOCKED else None,
+        "replay_id": d.replay_id,
     }
 
 
@@ -182,8 +201,8 @@ def events():  # type: ignore[no-untyped-def]
 
 def _find_event(ident: str) -> OutboxEvent:
     session = db_session()
-    if ident.isdigit():
-        event = session.get(OutboxEvent, int(ident))
+    if (position := parse_id(ident)) is not None:
+        event = session.get(OutboxEvent, position)
     else:
         try:
             key = uuid.UUID(ident)
@@ -237,6 +256,7 @@ def retry_one(delivery_id: int):  # type: ignore[no-untyped-def]
         raise BadRequest(f"delivery is {d.status}; only unfinished deliveries can be retried", status=409,
                          code="conflict")
     count = deadletters.retry_dead(runtime(), ids=[delivery_id], statuses=deadletters.RETRYABLE)
+    audit("delivery.retried", target=delivery_id, count=count)
     return jsonify({"retried": count})
 
 
@@ -254,6 +274,7 @@ def retry_matching():  # type: ignore[no-untyped-def]
     )
     ids = list(db_session().scalars(query))
     count = deadletters.retry_dead(runtime(), ids=ids, statuses=deadletters.RETRYABLE) if ids else 0
+    audit("deliveries.retried", target=",".join(f"{k}={body[k]}" for k in sorted(body)), matched=len(ids), count=count)
     return jsonify({"matched": len(ids), "retried": count})
 
 
@@ -269,12 +290,13 @@ def _flag_json(f: dynamic.FeatureFlag) -> dict[str, Any]:
             "version": f.version}
 
 
-def _change(apply):  # type: ignore[no-untyped-def]
-    """Run a settings or flag change through a unit of work, as the current operator."""
+def _change(apply, action: str, target: str):  # type: ignore[no-untyped-def]
+    """Run a settings or flag change through a unit of work, as the current operator, audited in it."""
     try:
         with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
             with runtime().unit_of_work() as uow:
                 result = apply(uow)
+                audit(action, target=target, uow=uow, version=result.version)
                 uow.commit()
                 return result
     except (dynamic.InvalidSettingValue, dynamic.UnknownSetting) as exc:
@@ -313,7 +335,7 @@ def put_setting(key: str):  # type: ignore[no-untyped-def]
             setting.description = body["description"]
         return setting
 
-    setting = _change(apply)
+    setting = _change(apply, "setting.changed", key)
     return jsonify(_setting_json(setting))
 
 
@@ -336,7 +358,7 @@ def put_flag(name: str):  # type: ignore[no-untyped-def]
     description = body.get("description")
     if description is not None and not isinstance(description, str):
         raise BadRequest("description must be a string", fields={"description": "not a string"})
-    flag = _change(lambda uow: dynamic.set_flag(uow, name, body["enabled"], actor(), description))
+    flag = _change(lambda uow: dynamic.set_flag(uow, name, body["enabled"], actor(), description), "flag.changed", name)
     return jsonify(_flag_json(flag))
 
 
@@ -344,6 +366,7 @@ def _command(command: str, target: str | None) -> dict[str, Any]:
     with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
         with runtime().unit_of_work() as uow:
             control.issue(uow, command, target, actor())  # type: ignore[arg-type]
+            audit("control.issued", target=target, uow=uow, command=command)
             uow.commit()
     return {"command": command, "target": target, "issued": True}
 
@@ -363,6 +386,7 @@ def relay_command(verb: str):  # type: ignore[no-untyped-def]
 
 
 @bp.post("/nodes/<node_id>/stop")
+@requires("admin")
 def node_stop(node_id: str):  # type: ignore[no-untyped-def]
     """Ask one node to finish what it is doing and exit (as on SIGTERM)."""
     try:

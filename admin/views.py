@@ -1,4 +1,5 @@
-"""Flask-Admin views of the back office. Every view requires a logged-in operator."""
+"""Flask-Admin views of the back office. Every view requires a logged-in operator, and the role its
+method needs (:class:`Secured`, :func:`admin.auth.required_role`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Regexp
 
-from admin.auth import actor
+from admin.auth import actor, audit, can, current_role, forbidden_page, required_role
 from admin.db import db_session
 from admin.models import Delivery, NodeRow, OutboxEvent
 from shared.cluster import control
@@ -27,6 +28,8 @@ from shared.cluster import values as dynamic
 from shared.delivery import deadletters
 from shared.ops import monitoring
 from shared.model.events import causal_context
+from shared.ops.accounts import role_allows
+from shared.web.http import csv_safe
 
 
 def runtime():  # type: ignore[no-untyped-def]
@@ -39,6 +42,8 @@ def runtime():  # type: ignore[no-untyped-def]
 BADGES = {
     # deliveries
     "done": "success", "pending": "warning", "retrying": "warning", "dead": "danger", "resolved": "secondary",
+    "parked": "info",  # an event version newer than the worker knew (a rolling deploy)
+    "blocked": "warning",  # an ordered handler's delivery waiting for an earlier one of its key
     # saga instances
     "running": "primary", "completed": "success",
     # scheduled events
@@ -113,10 +118,35 @@ def deliveries_of_event_url(event_id: Any) -> str:
 
 
 class Secured:
-    """Mixin: only logged-in operators; everyone else is sent to the login page."""
+    """Mixin: only logged-in operators; everyone else is sent to the login page. Each exposed method
+    needs the role :func:`admin.auth.required_role` gives it (reads: viewer, posts: operator, or its
+    ``@requires`` mark): a view added later is covered by inheriting this. Actions are hidden and
+    refused below operator, and CSV exports neutralise cells a spreadsheet would run."""
 
     def is_accessible(self) -> bool:
         return bool(current_user.is_authenticated)
+
+    def _handle_view(self, name: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        refused = super()._handle_view(name, **kwargs)  # type: ignore[misc]
+        if refused is not None:
+            return refused
+        needed = required_role(request.method, getattr(self, name, None))
+        if not role_allows(current_role(), needed):
+            return forbidden_page(needed)
+        return None
+
+    def is_action_allowed(self, name: str) -> bool:
+        return can("operator") and bool(super().is_action_allowed(name))  # type: ignore[misc]
+
+    def get_export_value(self, model: Any, name: str) -> Any:
+        return csv_safe(super().get_export_value(model, name))  # type: ignore[misc]
+
+    def handle_action(self, return_view: str | None = None):  # type: ignore[no-untyped-def]
+        """A list action given row ids that are not ids of this list is a 400, not a 500."""
+        try:
+            return super().handle_action(return_view)  # type: ignore[misc]
+        except ValueError:
+            abort(400)
 
     def inaccessible_callback(self, name: str, **kwargs: Any):  # type: ignore[no-untyped-def]
         return redirect(url_for("auth.login", next=request.full_path))
@@ -154,6 +184,8 @@ class DashboardView(Secured, AdminIndexView):
         node = self._node(target) if command == "drain_stop" else None
         if command == "drain_stop" and node is None:
             abort(400)
+        if command == "drain_stop" and not can("admin"):
+            return forbidden_page("admin")
         question = control_question(command, target, node)
         if request.form.get("confirm") != "yes":
             return self.render("admin/control_confirm.html", question=question, command=command, target=target,
@@ -161,6 +193,7 @@ class DashboardView(Secured, AdminIndexView):
         with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
             with runtime().unit_of_work() as uow:
                 control.issue(uow, command, target, actor())  # type: ignore[arg-type]
+                audit("control.issued", target=target, uow=uow, command=command)
                 uow.commit()
         flash(f"Sent to the cluster: {CONTROL_LABELS[command].lower()} {control_subject(command, target, node)}.",
               "success")
@@ -433,17 +466,18 @@ class EventTypeFilter(FilterEqual):
 
 class DeliveriesView(ReadOnlyModelView):
     list_template = "admin/deliveries_list.html"
+    details_template = "admin/delivery_details.html"  # blocked by whom, Replay, earlier outcomes
     column_default_sort = ("id", True)
     simple_list_pager = True
     column_list = ["id", "handler", "event.event_type", "event_id", "status", "attempts", "enqueued_at",
                    "updated_at", "dead_reason"]
     column_details_list = ["id", "handler", "event.event_type", "event_id", "status", "attempts", "dead_reason",
                            "created_at", "enqueued_at", "updated_at", "completed_at", "first_failed_at",
-                           "last_failed_at", "last_error"]
+                           "last_failed_at", "last_error", "order_key", "replay_id"]
     column_sortable_list = ["id", "attempts", "enqueued_at", "updated_at"]
     column_filters = [
         FilterEqual(Delivery.status, "Status",
-                    options=[(s, s) for s in ("pending", "retrying", "dead", "done", "resolved")]),
+                    options=[(s, s) for s in ("pending", "retrying", "dead", "done", "resolved", "parked", "blocked")]),
         FilterEqual(Delivery.handler, "Handler"),
         EventTypeFilter(Delivery.event_id, "Event type"),
         FilterEqual(Delivery.dead_reason, "Dead reason"),
@@ -460,6 +494,13 @@ class DeliveriesView(ReadOnlyModelView):
     def get_query(self):  # type: ignore[no-untyped-def]
         return self.db.query(Delivery).join(OutboxEvent, OutboxEvent.event_id == Delivery.event_id)
 
+    def render(self, template: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        if template == self.details_template and kwargs.get("model") is not None:
+            from admin.replay import delivery_page_context  # admin.replay builds on this module
+
+            kwargs.update(delivery_page_context(kwargs["model"]))
+        return super().render(template, **kwargs)
+
     def get_count_query(self):  # type: ignore[no-untyped-def]
         from sqlalchemy import func
 
@@ -468,11 +509,13 @@ class DeliveriesView(ReadOnlyModelView):
     @action("retry", "Retry", "Retry the {n} selected deliveries with a fresh retry budget? Finished ones are left as they are.")
     def action_retry(self, ids: list[str]) -> None:
         count = deadletters.retry_dead(runtime(), ids=[int(i) for i in ids], statuses=deadletters.RETRYABLE)
+        audit("deliveries.retried", target=",".join(ids[:50]), selected=len(ids), count=count)
         flash(f"{count} of {len(ids)} deliveries enqueued again (finished ones are left as they are).", "success")
 
     @action("resolve", "Mark resolved", "Mark the {n} selected deliveries resolved? Their handlers will not run them again.")
     def action_resolve(self, ids: list[str]) -> None:
         count = deadletters.resolve(runtime(), [int(i) for i in ids], actor())
+        audit("deliveries.resolved", target=",".join(ids[:50]), selected=len(ids), count=count)
         flash(f"{count} deliveries marked resolved.", "success")
 
     def matching_ids(self) -> list[int]:
@@ -492,6 +535,8 @@ class DeliveriesView(ReadOnlyModelView):
         ids = self.matching_ids()
         if request.method == "POST":
             count = deadletters.retry_dead(runtime(), ids=ids, statuses=deadletters.RETRYABLE) if ids else 0
+            audit("deliveries.retried", target="; ".join(self.described_filters()) or "all", matched=len(ids),
+                  count=count)
             flash(f"{count} deliveries matching the filter enqueued again.", "success")
             unknown = self._unknown_handlers(ids)
             if unknown:
@@ -530,13 +575,23 @@ class DeadLettersView(DeliveriesView):
 
 
 class _ChangeThroughDomain:
-    """Create and edit through a unit of work, so every change is a domain event with its actor."""
+    """Create and edit through a unit of work, so every change is a domain event with its actor, and
+    on the audit trail in the same transaction. Creating and editing need the operator role."""
 
-    def _commit_change(self, change) -> bool:  # type: ignore[no-untyped-def]
+    @property
+    def can_create(self) -> bool:
+        return can("operator")
+
+    @property
+    def can_edit(self) -> bool:
+        return can("operator")
+
+    def _commit_change(self, change, action: str, target: str) -> bool:  # type: ignore[no-untyped-def]
         try:
             with causal_context(correlation_id=g.get("correlation_id"), actor=actor()):
                 with runtime().unit_of_work() as uow:
                     change(uow)
+                    audit(action, target=target, uow=uow)
                     uow.commit()
         except dynamic.InvalidSettingValue as exc:
             flash(str(exc), "error")
@@ -575,7 +630,7 @@ class SettingsView(_ChangeThroughDomain, Secured, ModelView):
     def create_model(self, form):  # type: ignore[no-untyped-def]
         ok = self._commit_change(lambda uow: dynamic.define_setting(
             uow, form.key.data, form.type.data, self._raw(form.type.data, form.value.data),
-            form.description.data or "", actor()))
+            form.description.data or "", actor()), "setting.changed", form.key.data)
         return self.get_one(tools.escape(form.key.data)) if ok else False
 
     def update_model(self, form, model):  # type: ignore[no-untyped-def]
@@ -585,7 +640,7 @@ class SettingsView(_ChangeThroughDomain, Secured, ModelView):
             setting = dynamic.change_setting(uow, key, self._raw(model.type, form.value.data), actor())
             setting.description = form.description.data or ""
 
-        return self._commit_change(change)
+        return self._commit_change(change, "setting.changed", key)
 
     @staticmethod
     def _raw(kind: str, text: str | None) -> Any:
@@ -609,15 +664,15 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
 
     def create_model(self, form):  # type: ignore[no-untyped-def]
         ok = self._commit_change(
-            lambda uow: dynamic.set_flag(uow, form.name.data, bool(form.enabled.data), actor(), form.description.data or "")
-        )
+            lambda uow: dynamic.set_flag(uow, form.name.data, bool(form.enabled.data), actor(), form.description.data or ""),
+            "flag.changed", form.name.data)
         return self.get_one(tools.escape(form.name.data)) if ok else False
 
     def update_model(self, form, model):  # type: ignore[no-untyped-def]
         name = model.name
         return self._commit_change(
-            lambda uow: dynamic.set_flag(uow, name, bool(form.enabled.data), actor(), form.description.data or "")
-        )
+            lambda uow: dynamic.set_flag(uow, name, bool(form.enabled.data), actor(), form.description.data or ""),
+            "flag.changed", name)
 
     @action("toggle", "Toggle", "Switch the {n} selected flags on or off? Code reading them sees the change at once.")
     def action_toggle(self, ids: list[str]) -> None:
@@ -627,7 +682,7 @@ class FlagsView(_ChangeThroughDomain, Secured, ModelView):
             if flag is None:
                 abort(404)
             enabled = not flag.enabled
-            self._commit_change(lambda uow, n=name, e=enabled: dynamic.set_flag(uow, n, e, actor()))
+            self._commit_change(lambda uow, n=name, e=enabled: dynamic.set_flag(uow, n, e, actor()), "flag.changed", name)
         flash(f"{len(ids)} flags switched.", "success")
 
 

@@ -42,8 +42,8 @@ def clean_db(settings: Config) -> Iterator[Config]:
             text(
                 "TRUNCATE ozzy_deliveries, ozzy_outbox, test_side_effects, test_accounts,"
                 " loan_notifications, loan_applications, ozzy_nodes, ozzy_settings, ozzy_flags,"
-                " ozzy_api_tokens, ozzy_users, ozzy_checkpoints, ozzy_scheduled, ozzy_sagas, ozzy_saga_steps, ozzy_recurring,"
-                " test_sightings CASCADE"
+                " ozzy_api_tokens, ozzy_users, ozzy_login_failures, ozzy_checkpoints, ozzy_scheduled, ozzy_sagas, ozzy_saga_steps, ozzy_recurring,"
+                " test_sightings, ozzy_projections, loan_stats_days, ozzy_replays, ozzy_delivery_history CASCADE"
             )
         )
     engine.dispose()

@@ -70,6 +70,12 @@ outbox = Table(
 PENDING, RETRYING, DONE, DEAD = "pending", "retrying", "done", "dead"
 #: An operator decided the delivery needs no run; like ``done``, it is never run again.
 RESOLVED = "resolved"
+#: An ordered handler's delivery waiting for an earlier delivery of its key to finish; the one that
+#: finishes it (or an operator's resolve) sends it on (see :mod:`shared.delivery.ordering`).
+BLOCKED = "blocked"
+#: The event's version is newer than the worker that received it knows (a rolling deploy): it waits,
+#: without using its retry budget, until a worker that knows the version sends it on.
+PARKED = "parked"
 FINISHED = (DONE, RESOLVED)
 #: The same lists as SQL, for statements and index predicates.
 FINISHED_SQL = f"('{DONE}', '{RESOLVED}')"
@@ -111,6 +117,62 @@ deliveries = Table(
     ),
     # Retention deletes completed deliveries by age; this index holds only those.
     Index("ix_ozzy_deliveries_completed", "completed_at", postgresql_where=text(f"status IN {FINISHED_SQL}")),
+    #: Ordered handlers only (``@handles(..., ordered_by=...)``): the delivery's key and its event's
+    #: dispatch position, set by the relay; NULL for every other handler (see shared.delivery.ordering).
+    Column("order_key", Text),
+    Column("dispatch_seq", BigInteger),
+    #: The replay that last sent this delivery again (see shared.delivery.replay).
+    Column("replay_id", BigInteger),
+    # Unfinished deliveries of ordered handlers only: "is an earlier one of this key unfinished?"
+    Index(
+        "ix_ozzy_deliveries_ordered", "handler", "order_key", "dispatch_seq",
+        postgresql_where=text(f"order_key IS NOT NULL AND status NOT IN {FINISHED_SQL}"),
+    ),
+)
+
+#: Replay and backfill jobs (``ozzy replay``): the position reached, so a crashed job resumes.
+REPLAY_RUNNING, REPLAY_DONE, REPLAY_FAILED, REPLAY_CANCELLED = "running", "done", "failed", "cancelled"
+
+replays = Table(
+    "ozzy_replays",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("handler", Text, nullable=False),
+    Column("filters", JSONB, nullable=False, server_default="{}"),
+    Column("status", Text, nullable=False, server_default=REPLAY_RUNNING),
+    #: The last dispatch position covered, and the end of the log when the job started.
+    Column("position", BigInteger, nullable=False, server_default="0"),
+    Column("upto", BigInteger, nullable=False, server_default="0"),
+    Column("total", BigInteger, nullable=False, server_default="0"),
+    Column("sent", BigInteger, nullable=False, server_default="0"),
+    #: Selected events whose delivery was still unfinished (it runs anyway): not sent again.
+    Column("skipped", BigInteger, nullable=False, server_default="0"),
+    Column("created_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("heartbeat_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("error", Text),
+    Index("ix_ozzy_replays_created", "created_at"),
+)
+
+#: Earlier outcomes of deliveries a replay ran again (the delivery row holds the latest run).
+delivery_history = Table(
+    "ozzy_delivery_history",
+    metadata,
+    Column("id", BigInteger, Identity(always=False), primary_key=True),
+    Column("delivery_id", BigInteger, nullable=False),
+    Column("event_id", UUID(as_uuid=True), nullable=False),
+    Column("handler", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("dead_reason", Text),
+    Column("enqueued_at", DateTime(timezone=True)),
+    Column("completed_at", DateTime(timezone=True)),
+    Column("replay_id", BigInteger),
+    Column("archived_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_ozzy_delivery_history_delivery", "delivery_id"),
 )
 
 #: Every running process (web, relay, worker) and its heartbeat; see :mod:`shared.cluster.nodes`.
@@ -172,4 +234,37 @@ recurring_jobs = Table(
     Column("next_due_at", DateTime(timezone=True)),
     Column("last_due_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+
+#: One row per projection: its checkpoint (the last dispatch position applied), updated in the
+#: transaction that writes the projection's tables (see :mod:`shared.projections`).
+projections = Table(
+    "ozzy_projections",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("position", BigInteger, nullable=False, server_default="0"),
+    #: Events applied since the last reset.
+    Column("applied", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    #: Set while ``ozzy projections rebuild`` replays the log; cleared when it has caught up.
+    Column("rebuild_started_at", DateTime(timezone=True)),
+    Column("rebuilt_at", DateTime(timezone=True)),
+    #: The last failed batch (first line of the error, no payload); cleared by the next success.
+    Column("last_error", Text),
+    Column("failed_at", DateTime(timezone=True)),
+)
+
+
+#: Failed back-office logins of the last minutes, by user name and client address: the login
+#: throttle counts them (:mod:`shared.ops.accounts`), so it holds across web processes.
+login_failures = Table(
+    "ozzy_login_failures",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("username", Text, nullable=False),
+    Column("client", Text, nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_ozzy_login_failures_username", "username", "failed_at"),
+    Index("ix_ozzy_login_failures_client", "client", "failed_at"),
 )
