@@ -13,7 +13,7 @@ from flask_admin import BaseView, expose
 from sqlalchemy import select
 
 from admin.api import _json_object, bp
-from admin.auth import actor
+from admin.auth import actor, audit
 from admin.db import db_session
 from admin.models import Delivery
 from admin.views import Secured
@@ -85,6 +85,7 @@ def replay_start():  # type: ignore[no-untyped-def]
         job_id = replays.create(_runtime(), handler, filters, event_type=event_type, created_by=actor())
     except replays.ReplayError as exc:
         raise BadRequest(str(exc), fields={"handler": str(exc)}) from None
+    _audit_started(job_id, handler)
     replays.run_in_background(_runtime(), job_id)
     return jsonify(_job_or_404(job_id)), 202
 
@@ -107,6 +108,7 @@ def replay_resume(job_id: int):  # type: ignore[no-untyped-def]
     job = _job_or_404(job_id)
     if job["status"] != "running":
         raise BadRequest(f"replay is {job['status']}; only a running one can be resumed", status=409, code="conflict")
+    audit("replay.resumed", target=f"replay:{job_id}", handler=job["handler"], position=job["position"])
     replays.run_in_background(_runtime(), job_id)
     return jsonify(job), 202
 
@@ -116,6 +118,7 @@ def replay_cancel(job_id: int):  # type: ignore[no-untyped-def]
     _job_or_404(job_id)
     if not replays.cancel(_runtime(), job_id):
         raise BadRequest("replay is not running", status=409, code="conflict")
+    audit("replay.cancelled", target=f"replay:{job_id}")
     return jsonify(_job_or_404(job_id))
 
 
@@ -140,8 +143,16 @@ def replay_delivery(delivery_id: int) -> int:
                                 created_by=actor())
     except replays.ReplayError as exc:
         raise BadRequest(str(exc), status=409, code="conflict") from None
+    audit("delivery.replayed", target=delivery_id, handler=d.handler, event_id=str(d.event_id), replay=job_id)
     replays.run_in_background(_runtime(), job_id)
     return job_id
+
+
+def _audit_started(job_id: int, handler: str) -> None:
+    """A replay or backfill started: the audit trail names the handler, the job and how many events."""
+    job = replays.get(_runtime(), job_id) or {}
+    audit("replay.started", target=f"replay:{job_id}", handler=handler, count=job.get("total"),
+          filters=job.get("filters"))
 
 
 @bp.get("/deliveries/<int:delivery_id>/history")
@@ -206,6 +217,7 @@ class ReplaysView(Secured, BaseView):
         except (BadRequest, replays.ReplayError) as exc:
             flash(f"Cannot replay: {exc}", "error")
             return redirect(url_for(".index", **body))
+        _audit_started(job_id, handler)
         replays.run_in_background(_runtime(), job_id)
         job = replays.get(_runtime(), job_id) or {}
         flash(f"Replay {job_id} of {handler} started over {job.get('total')} events.", "success")
@@ -225,8 +237,10 @@ class ReplaysView(Secured, BaseView):
             flash(f"Replay {job_id} is not running.", "warning")
         elif verb == "cancel":
             replays.cancel(_runtime(), job_id)
+            audit("replay.cancelled", target=f"replay:{job_id}")
             flash(f"Replay {job_id} cancelled (what it already sent still runs).", "success")
         else:
+            audit("replay.resumed", target=f"replay:{job_id}", handler=job["handler"], position=job["position"])
             replays.run_in_background(_runtime(), job_id)
             flash(f"Replay {job_id} resumed at position {job['position']}.", "success")
         return redirect(url_for(".index"))

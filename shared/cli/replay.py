@@ -87,12 +87,18 @@ def _resumed(runtime: Any, job_id: int) -> dict[str, Any]:
 
 def _job(runtime: Any, handler: str, filters: Any, event_type: str | None) -> dict[str, Any]:
     from shared.delivery import replay as replays
+    from shared.ops.audit import cli_actor, record_in_session
 
     existing = replays.unfinished(runtime, handler, filters)
     if existing is not None:
         return _resumed(runtime, existing)
-    job = replays.get(runtime, replays.create(runtime, handler, filters, event_type=event_type, created_by="cli"))
+    actor = cli_actor()
+    job = replays.get(runtime, replays.create(runtime, handler, filters, event_type=event_type, created_by=actor))
     assert job is not None
+    with runtime.session_factory() as session:
+        record_in_session(session, "replay.started", actor, target=f"replay:{job['id']}", handler=handler,
+                          count=job["total"], filters=job["filters"])
+        session.commit()
     click.echo(f"replay {job['id']} of {handler}: {job['total']} events up to position {job['upto']}", err=True)
     return job
 

@@ -138,6 +138,9 @@ def test_the_cli_dry_run_prints_the_count_and_a_run_replays(runtime, monkeypatch
                                      "--window", "100"])
     assert done.exit_code == 0, done.output
     assert "5 deliveries sent" in done.output
+    audited = scalar(runtime, "SELECT payload->>'actor' || ' ' || (payload->>'action') FROM ozzy_outbox"
+                              " WHERE event_type = 'ozzy.audit'")
+    assert audited.startswith("cli:") and audited.endswith(" replay.started")
     run_until_idle(runtime)
     assert runs(runtime) == Counter({f"c/{n}": 2 for n in range(5)})
 
@@ -174,6 +177,11 @@ def test_api_counts_starts_and_shows_replays_and_a_done_delivery_replays_from_it
     assert [h["status"] for h in history] == ["done", "done"]
     assert client.post("/api/deliveries/999999/replay", headers=token).status_code == 404
     assert client.post("/api/replays", json=body).status_code == 401
+    # Both starts are on the audit trail under their own names, with the token that acted
+    trail = client.get("/api/audit?action=replay.started", headers=token).get_json()["items"]
+    assert [(e["actor"], e["target"], e["details"]["count"]) for e in trail] == [("token:tests", f"replay:{job_id}", 4)]
+    replayed = client.get("/api/audit?action=delivery.replayed", headers=token).get_json()["items"]
+    assert [(e["target"], e["details"]["handler"]) for e in replayed] == [(str(delivery), "test.replayed")]
 
 
 def test_a_blocked_delivery_names_its_blocker_in_the_api_and_the_back_office(runtime, token) -> None:
