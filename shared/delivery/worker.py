@@ -6,17 +6,23 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import dramatiq
+import psycopg
 from dramatiq import Middleware
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import AgeLimit, Callbacks, Pipelines, Retries, ShutdownNotifications, TimeLimit
+from psycopg import pq
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared.db import sql
+from shared.db.sql.deliveries import INBOX_BEGIN_AND_CLAIM
+from shared.db.engine import unpinged
 from shared.db.tables import DEAD, INVALID_PAYLOAD, PERMANENT_ERROR, RETRIES_EXHAUSTED, RETRYING, UNKNOWN_EVENT_TYPE
 from shared.delivery.broker import OzzyBroker
 from shared.delivery import ordering, versions
@@ -74,7 +80,15 @@ def database_unavailable(exc: DBAPIError) -> bool:
 
 
 def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
-    """Run ``spec`` on ``stored`` at most once: False if the pair was already done."""
+    """Run ``spec`` on ``stored`` at most once: False if the pair was already done.
+
+    Its connection is not pre-pinged: a lost one fails the delivery as "database unavailable",
+    which :func:`actor_function` retries at no cost to the retry budget."""
+    with unpinged():
+        return _run_handler(wiring, spec, stored)
+
+
+def _run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
     started = time.perf_counter()
     session = wiring.session_factory()
     uow = SqlUnitOfWork(session, managed=True)
@@ -90,7 +104,7 @@ def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
         if gate is not None:
             claimed, released = gate.claimed, gate.released
         else:
-            claimed = session.execute(sql.INBOX_CLAIM, {"event_id": stored.event_id, "handler": spec.name}).scalar()
+            claimed = inbox_claim(session, stored.event_id, spec.name)
         if claimed is None:
             session.rollback()
             outcome(DUPLICATE)
@@ -115,6 +129,55 @@ def run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool:
     log.log(logging.INFO if wiring.config.dev else logging.DEBUG, "%s handled %s %s in %.1f ms, raised %d",
             spec.name, stored.type, stored.event_id, (time.perf_counter() - started) * 1000, len(uow.written))
     return True
+
+
+def inbox_claim(session: Session, event_id: uuid.UUID, handler: str) -> Any:
+    """:data:`shared.db.sql.INBOX_CLAIM` as the first statement of the session's transaction: the
+    delivery's row id, or None if the pair was already done.
+
+    The claim and the BEGIN go out as one simple query, in one round trip (through SQLAlchemy or
+    the driver, the BEGIN is a round trip of its own). Only on a connection at rest with the
+    driver's default transaction settings; anywhere else, the same statement through the session."""
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if (
+        isinstance(driver, psycopg.Connection)
+        and driver.info.transaction_status == pq.TransactionStatus.IDLE
+        and not driver.autocommit
+        and driver.isolation_level is None
+        and driver.read_only is None
+        and driver.deferrable is None
+    ):
+        return _claim_on_driver(connection, driver, event_id, handler)
+    return session.execute(sql.INBOX_CLAIM, {"event_id": event_id, "handler": handler}).scalar()
+
+
+def _claim_on_driver(connection: Any, driver: psycopg.Connection[Any], event_id: uuid.UUID, handler: str) -> Any:
+    pgconn = driver.pgconn
+    encoding = driver.info.encoding
+    query = ""
+    try:
+        escape = pq.Escaping(pgconn).escape_literal
+        query = INBOX_BEGIN_AND_CLAIM.format(
+            event_id=escape(str(event_id).encode(encoding)).decode(encoding),
+            handler=escape(handler.encode(encoding)).decode(encoding),
+        )
+        result = pgconn.exec_(query.encode(encoding))
+        if result.status == pq.ExecStatus.TUPLES_OK:
+            value = result.get_value(0, 0) if result.ntuples else None
+            return None if value is None else int(value)
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(result, encoding=encoding)
+        raise psycopg.OperationalError(f"unexpected result of the inbox claim: {pq.ExecStatus(result.status).name}")
+    except psycopg.Error as exc:
+        # As SQLAlchemy reports an error of its own statements: a lost connection is invalidated
+        # (not returned to the pool), and the error says so, so the delivery is retried.
+        disconnected = pgconn.status == pq.ConnStatus.BAD or connection.dialect.is_disconnect(exc, driver, None)
+        if disconnected:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            query, None, exc, psycopg.Error, connection_invalidated=disconnected, dialect=connection.dialect
+        ) from exc
 
 
 class DeliveryState(Middleware):

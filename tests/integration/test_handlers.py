@@ -179,3 +179,39 @@ def _deliveries(runtime):
 def _delivery(runtime):
     (row,) = _deliveries(runtime)
     return row
+
+
+def _kill_other_connections(runtime) -> int:
+    """Terminate every other session of the test database (the pool's idle connections)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    killer = create_engine(runtime.engine.url, poolclass=NullPool)
+    try:
+        with killer.connect() as conn:
+            return len(conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()")).all())
+    finally:
+        killer.dispose()
+
+
+def test_a_killed_connection_is_retried_without_a_pre_ping_and_the_handler_runs_once(runtime, caplog) -> None:
+    from shared.delivery.worker import actor_function
+
+    # Given a worker that handled an event, its pooled connection then killed by the server
+    spec = runtime.handlers["test.welcome"]
+    handle = actor_function(runtime, spec)
+    first, second = opened(runtime, "ada"), opened(runtime, "bob")
+    handle(first.to_message())
+    assert _kill_other_connections(runtime) >= 1
+    # When the next event comes: no ping on the worker's checkout, so the dead connection fails it
+    with caplog.at_level("WARNING", logger="shared.delivery.worker"):
+        handle(second.to_message())
+    # Then it was retried as "database unavailable" (no retry budget spent) and ran once
+    assert any("database unavailable" in r.getMessage() for r in caplog.records), caplog.text
+    assert effects(runtime, "welcome") == 2
+    assert scalar(runtime, "SELECT max(attempts) FROM ozzy_deliveries WHERE handler = 'test.welcome'") == 1
+    # And a checkout elsewhere in the process is still pinged: a killed connection is replaced silently
+    assert _kill_other_connections(runtime) >= 1
+    assert scalar(runtime, "SELECT 1") == 1

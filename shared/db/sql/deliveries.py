@@ -22,6 +22,12 @@ INBOX_CLAIM = text(
     """
 )
 
+#: :data:`INBOX_CLAIM` behind the BEGIN of its transaction, as one simple query: the worker sends
+#: both in one round trip (the driver's own BEGIN would be a round trip of its own). Its values are
+#: formatted in as literals the driver escaped: ``event_id`` (a UUID's text) and ``handler``.
+INBOX_BEGIN_AND_CLAIM = "BEGIN; " + " ".join(INBOX_CLAIM.text.split()).replace(
+    ":event_id", "{event_id}::uuid").replace(":handler", "{handler}")
+
 #: A failed attempt, recorded in its own transaction after the handler's was rolled back.
 RECORD_FAILURE = text(
     f"""
