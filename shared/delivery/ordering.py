@@ -27,7 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+from psycopg.rows import namedtuple_row
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.db.sql import ordering as sql
@@ -51,14 +54,30 @@ class Gate:
 
 def enter(session: Session, handler: str, event_id: uuid.UUID) -> Gate | None:
     """Pass the gate of an ordered delivery, in the handler's transaction: take its key's lock (held
-    until the transaction ends), then, in one statement, block it behind an earlier unfinished
+    until the transaction ends), then, in a second statement, block it behind an earlier unfinished
     delivery of its key, or claim its inbox row and release the next one of its key (sent with
-    :func:`send_released` once the transaction commits). None: the delivery has no key."""
-    row = session.execute(sql.LOCK_KEY, {"event_id": event_id, "handler": handler}).first()
-    if row is None:
+    :func:`send_released` once the transaction commits). None: the delivery has no key.
+
+    The two statements (and the transaction's BEGIN) go to the driver in one pipeline: one round
+    trip, like the unordered inbox claim, where they took two through SQLAlchemy (bench/ordered.py).
+    The server still runs them one after the other, so the claim's snapshot follows the lock."""
+    connection = session.connection()
+    driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
+    params = {"event_id": event_id, "handler": handler}
+    try:
+        with driver.cursor(row_factory=namedtuple_row) as cursor:
+            with driver.pipeline():
+                cursor.execute(sql.LOCK_KEY, params, prepare=True)
+                cursor.execute(sql.ORDERED_CLAIM, params, prepare=True)
+            rows: list[Any] = cursor.fetchall()
+    except psycopg.Error as exc:
+        disconnected = connection.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+        if disconnected:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(sql.ORDERED_CLAIM, params, exc, psycopg.Error,
+                                  connection_invalidated=disconnected, dialect=connection.dialect) from exc
+    if not rows[0].keyed:
         return None
-    rows = session.execute(sql.ORDERED_CLAIM, {"event_id": event_id, "handler": handler, "key": row.order_key,
-                                               "seq": row.dispatch_seq}).all()
     return Gate(rows[0].blocker, rows[0].claimed, [r for r in rows if r.delivery_id is not None])
 
 

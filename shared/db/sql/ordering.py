@@ -22,49 +22,54 @@ ORDER_DELIVERIES = text(
     """
 )
 
-#: The worker's gate, step 1: the delivery's key and position, and the key's lock (transaction
-#: scoped). Every change of an ordered delivery's state that could let another one of its key run
-#: (a run, a block, a release, a resolve) holds this lock, so "is an earlier one unfinished?" and
-#: "who is next?" are never answered from a state that is changing under them. No row: the
-#: delivery is not ordered (an unordered handler before it was declared ordered, or no key).
-LOCK_KEY = text(
-    """
-    SELECT order_key, dispatch_seq, pg_advisory_xact_lock(hashtext(handler), hashtext(order_key)) AS locked
+#: The worker's gate, step 1 (driver statements, ``%(name)s`` parameters, sent with step 2 in one
+#: pipeline, so one round trip, see :func:`shared.delivery.ordering.enter`): the key's lock
+#: (transaction scoped). Every change of an ordered delivery's state that could let another one of
+#: its key run (a run, a block, a release, a resolve) holds this lock, so "is an earlier one
+#: unfinished?" and "who is next?" are never answered from a state that is changing under them. No
+#: row: the delivery is not ordered (a delivery from before its handler was ordered, or no key).
+LOCK_KEY = """
+    SELECT pg_advisory_xact_lock(hashtext(handler), hashtext(order_key))
       FROM ozzy_deliveries
-     WHERE event_id = :event_id AND handler = :handler AND order_key IS NOT NULL AND dispatch_seq IS NOT NULL
-    """
-)
+     WHERE event_id = %(event_id)s AND handler = %(handler)s AND order_key IS NOT NULL AND dispatch_seq IS NOT NULL
+"""
 
-#: The gate, step 2, the inbox and the hand-over in one statement (a new one, so its snapshot is
-#: taken after the lock): ``blocker``, the earliest unfinished delivery of the key before this one;
-#: if there is one, this delivery becomes ``blocked`` and nothing else happens. Otherwise the inbox
-#: claim (``claimed``: NULL if the pair is already finished), and, in the same transaction, the
-#: hand-over: if the next unfinished delivery of the key is ``blocked``, it becomes pending and comes
-#: back with its event (one row per column set), to be sent once the handler's transaction commits.
-#: If the handler fails, the rollback undoes the claim and the release together.
-ORDERED_CLAIM = text(
-    f"""
-    WITH blocker AS (
+#: The gate, step 2, the inbox and the hand-over in one statement (a second statement, run once
+#: step 1 has returned, so its snapshot is taken after the lock was granted; the lock cannot ride
+#: in one statement, whose snapshot would predate it). ``me``: the delivery's key and position
+#: (written once by the relay before its message left, so step 1 saw the same; none: ``keyed`` is
+#: false and nothing else happens). ``blocker``: the earliest unfinished delivery of the key before
+#: this one; if there is one, this delivery becomes ``blocked`` and nothing else happens. Otherwise
+#: the inbox claim (``claimed``: NULL if the pair is already finished), and, in the same
+#: transaction, the hand-over: if the next unfinished delivery of the key is ``blocked``, it becomes
+#: pending and comes back with its event (one row per column set), to be sent once the handler's
+#: transaction commits. If the handler fails, the rollback undoes the claim and the release together.
+ORDERED_CLAIM = f"""
+    WITH me AS (
+        SELECT order_key, dispatch_seq FROM ozzy_deliveries
+         WHERE event_id = %(event_id)s AND handler = %(handler)s AND order_key IS NOT NULL
+           AND dispatch_seq IS NOT NULL
+    ), blocker AS (
         SELECT id FROM ozzy_deliveries
-         WHERE handler = :handler AND order_key = :key AND order_key IS NOT NULL AND dispatch_seq < :seq
-           AND status NOT IN {FINISHED_SQL}
+         WHERE handler = %(handler)s AND order_key = (SELECT order_key FROM me) AND order_key IS NOT NULL
+           AND dispatch_seq < (SELECT dispatch_seq FROM me) AND status NOT IN {FINISHED_SQL}
          ORDER BY dispatch_seq
          LIMIT 1
     ), blocked AS (
         UPDATE ozzy_deliveries SET status = '{BLOCKED}', updated_at = now()
-         WHERE event_id = :event_id AND handler = :handler AND status NOT IN {FINISHED_SQL}
+         WHERE event_id = %(event_id)s AND handler = %(handler)s AND status NOT IN {FINISHED_SQL}
            AND EXISTS (SELECT 1 FROM blocker)
         RETURNING id
     ), claimed AS (
         UPDATE ozzy_deliveries
            SET status = '{DONE}', attempts = attempts + 1, completed_at = now(), updated_at = now()
-         WHERE event_id = :event_id AND handler = :handler AND status NOT IN {FINISHED_SQL}
-           AND NOT EXISTS (SELECT 1 FROM blocker)
+         WHERE event_id = %(event_id)s AND handler = %(handler)s AND status NOT IN {FINISHED_SQL}
+           AND order_key IS NOT NULL AND dispatch_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM blocker)
         RETURNING id
     ), head AS (
         SELECT id, status FROM ozzy_deliveries
-         WHERE handler = :handler AND order_key = :key AND order_key IS NOT NULL
-           AND status NOT IN {FINISHED_SQL} AND event_id <> :event_id
+         WHERE handler = %(handler)s AND order_key = (SELECT order_key FROM me) AND order_key IS NOT NULL
+           AND status NOT IN {FINISHED_SQL} AND event_id <> %(event_id)s
            AND EXISTS (SELECT 1 FROM claimed)
          ORDER BY dispatch_seq
          LIMIT 1
@@ -73,15 +78,15 @@ ORDERED_CLAIM = text(
           FROM head WHERE d.id = head.id AND head.status = '{BLOCKED}'
         RETURNING d.id, d.event_id, d.handler
     )
-    SELECT (SELECT id FROM blocker) AS blocker, (SELECT id FROM claimed) AS claimed,
+    SELECT EXISTS (SELECT 1 FROM me) AS keyed, (SELECT id FROM blocker) AS blocker,
+           (SELECT id FROM claimed) AS claimed,
            r.id AS delivery_id, r.handler, o.id, o.event_id, o.event_type, o.event_version,
            o.aggregate_type, o.aggregate_id, o.payload::text AS payload,
            o.metadata::text AS metadata, o.occurred_at
       FROM (SELECT 1) AS one
       LEFT JOIN released r ON true
       LEFT JOIN ozzy_outbox o ON o.event_id = r.event_id
-    """
-)
+"""
 
 #: After an operator resolved a delivery of the key (in the same transaction, under the key's lock):
 #: if the earliest unfinished one of the key is blocked, it becomes pending again and comes back with
