@@ -155,7 +155,9 @@ def test_scheduled_events_fire_once_with_two_relays_while_one_is_sigkilled(setti
         wait_until(lambda: live_nodes(w, "relay") == 2 and live_nodes(w, "worker") == 1, timeout=60)
         # Given 300 accounts whose opening is scheduled over the next few seconds
         ids = schedule_openings(w, n, "timer", first_s=3.0, spread_s=5.0)
-        assert scheduled_states(w) == {"scheduled": n}
+        # (on a loaded machine the first few may already be due, and fired, by the time this reads)
+        states = scheduled_states(w)
+        assert set(states) <= {"scheduled", "fired"} and sum(states.values()) == n and states.get("scheduled", 0) > n // 2
         # When one relay is SIGKILLed while the timers are firing
         wait_until(lambda: fired(w) >= 90, timeout=OUTCOME_DEADLINE_S, interval=0.01)
         waiting_at_kill = n - fired(w)
