@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 
 from shared.db.tables import PENDING
 
@@ -29,22 +29,23 @@ _RECORD_PENDING = f"""
         INSERT INTO ozzy_deliveries (event_id, handler, status, enqueued_at)
         SELECT c.event_id, r.handler, '{PENDING}', now()
           FROM claimed AS c
-          JOIN unnest(CAST(:route_types AS text[]), CAST(:route_handlers AS text[])) AS r(event_type, handler)
+          JOIN unnest(%(route_types)s::text[], %(route_handlers)s::text[]) AS r(event_type, handler)
             ON r.event_type = c.event_type
         ON CONFLICT (event_id, handler) DO NOTHING
     )
 """
 
-def _claim(where: str) -> TextClause:
-    # The event id goes back as text: the relay only writes it into messages.
-    return text(
+def _claim(where: str) -> str:
+    # The event id goes back as text: the relay only writes it into messages. Driver-level
+    # placeholders: the relay runs it on the psycopg cursor, its BEGIN in the same round trip.
+    return (
         f"""
         WITH claimed AS (
             SELECT {_CLAIMED_COLUMNS}
               FROM ozzy_outbox
              WHERE {where}
              ORDER BY id
-             LIMIT :limit
+             LIMIT %(limit)s
                FOR UPDATE SKIP LOCKED
         ), {_RECORD_PENDING}
         SELECT id, event_id::text AS event_id, event_type, event_version, aggregate_type, aggregate_id,
@@ -63,34 +64,40 @@ CLAIM_BATCH = _claim("dispatched_at IS NULL AND parked_at IS NULL")
 #: While an operator has paused the relay, only the control plane moves (commands, settings and
 #: flag changes), so the command that resumes the relay can reach it.
 CLAIM_CONTROL_BATCH = _claim(
-    "dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(CAST(:types AS text[]))"
+    "dispatched_at IS NULL AND parked_at IS NULL AND event_type = ANY(%(types)s::text[])"
 )
 
 #: Taken right before positions are assigned and held until commit (transaction-scoped): relays
 #: commit their batches one at a time in position order, so a reader following
 #: ``dispatch_seq > checkpoint`` can never see position N+1 before N is committed.
-DISPATCH_LOCK = text("SELECT pg_advisory_xact_lock(7305214102011)")
+DISPATCH_LOCK_KEY = 7305214102011
+DISPATCH_LOCK = text(f"SELECT pg_advisory_xact_lock({DISPATCH_LOCK_KEY})")
 
-#: Marks a batch dispatched and numbers it: ``:ids`` in ascending order get the positions
-#: ``base + 1 .. base + n``. The block is reserved with one ``nextval`` and one ``setval`` (safe
-#: under :data:`DISPATCH_LOCK`, the only place positions are assigned), not a ``nextval`` per row,
-#: and the positions are computed by the caller rather than sent back row by row. ``marked`` lets
-#: the caller check that every row was there to mark.
-MARK_DISPATCHED = text(
-    """
-    WITH block AS (
-        SELECT setval('ozzy_dispatch_seq', nextval('ozzy_dispatch_seq') + cardinality(CAST(:ids AS bigint[])) - 1)
-               - cardinality(CAST(:ids AS bigint[])) AS base
+#: Takes :data:`DISPATCH_LOCK`, then marks a batch dispatched and numbers it, in one statement:
+#: ``%(ids)s`` in ascending order get the positions ``base + 1 .. base + n``. The block is reserved
+#: with one ``nextval`` and one ``setval`` (safe under the lock, the only place positions are
+#: assigned), not a ``nextval`` per row, and the positions are computed by the caller rather than
+#: sent back row by row. ``block`` reads ``lock`` so the lock is held before the block is reserved
+#: (a CTE with a volatile function is evaluated once, when first read). ``marked`` lets the caller
+#: check that every row was there to mark. The COMMIT is not pipelined with it: a relay killed while
+#: it waits for the lock must leave its batch to roll back, not commit once the lock is free.
+#: Driver-level placeholders (run on the psycopg cursor).
+MARK_DISPATCHED = f"""
+    WITH lock AS (
+        SELECT pg_advisory_xact_lock({DISPATCH_LOCK_KEY}) AS held
+    ), block AS (
+        SELECT setval('ozzy_dispatch_seq', nextval('ozzy_dispatch_seq') + cardinality(%(ids)s::bigint[]) - 1)
+               - cardinality(%(ids)s::bigint[]) AS base
+          FROM lock
     ), marked AS (
         UPDATE ozzy_outbox o
            SET dispatched_at = now(), dispatch_seq = block.base + s.n
-          FROM block, unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS s(id, n)
+          FROM block, unnest(%(ids)s::bigint[]) WITH ORDINALITY AS s(id, n)
          WHERE o.id = s.id
         RETURNING 1
     )
     SELECT block.base, (SELECT count(*) FROM marked) AS marked FROM block
-    """
-)
+"""
 
 
 #: A row whose event type this code version does not know is set aside, not dropped: a newer
