@@ -40,6 +40,7 @@ stdout is one JSON object with every figure. The chart goes to ``docs/img/peers.
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 import json
 import logging
 import os
@@ -191,33 +192,38 @@ class PeersDatabase:
 # --- the three systems -------------------------------------------------------------------------
 
 
-class System:
+class System(ABC):
     """One of the three: how its writer commits, how its backlog is made, how its worker runs."""
 
     name = ""
     engine: Engine  # where its bench_effects rows are
 
+    @abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         """Release what the bench process holds for this system (a broker's connections)."""
 
+    @abstractmethod
     def commit_one(self, seq: int) -> None:
         """One writer transaction: a bench_items row and the event/job/message for it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fill_backlog(self, n: int) -> None:
         """``n`` units of work queued for a worker that is not running (500 per transaction)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def worker(self) -> AbstractContextManager[Any]:
         """The worker process alone, running until the context ends; yields its pid."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def running(self) -> AbstractContextManager[dict[str, int]]:
         """Everything that turns commits into handler runs (ours: relay and worker); yields pids."""
-        raise NotImplementedError
+        ...
 
     def count(self, lo: int, hi: int) -> int:
         with self.engine.connect() as conn:
@@ -514,14 +520,7 @@ def lean_loop(rt: Runtime, batch: int, key: str) -> int:
         with rt.engine.connect() as conn, conn.begin():
             rows = conn.execute(LEAN_CLAIM, {"limit": batch}).all()
             if rows:
-                pipe = rt.redis.pipeline(transaction=False)
-                for row in rows:
-                    pipe.rpush(key, json.dumps({
-                        "event_id": str(row.event_id), "type": row.event_type, "version": row.event_version,
-                        "payload": row.payload, "metadata": row.metadata, "occurred_at": row.occurred_at.isoformat(),
-                        "aggregate_type": row.aggregate_type, "aggregate_id": row.aggregate_id, "position": row.id,
-                    }, separators=(",", ":")))
-                pipe.execute()
+                pl.push_rows(rt.redis, key, rows)
                 conn.execute(text("UPDATE bench_lean_outbox SET dispatched_at = now() WHERE id = ANY(:ids)"),
                              {"ids": [row.id for row in rows]})
         total += len(rows)

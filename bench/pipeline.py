@@ -326,6 +326,25 @@ BASELINE_CLAIM = text(
 )
 
 
+def push_rows(client: Any, key: str, rows: Any) -> None:
+    """The hand-written loops' send: one RPUSH per claimed row, all in one Redis pipeline."""
+    pipe = client.pipeline(transaction=False)
+    for row in rows:
+        body = {
+            "event_id": str(row.event_id),
+            "type": row.event_type,
+            "version": row.event_version,
+            "payload": row.payload,
+            "metadata": row.metadata,
+            "occurred_at": row.occurred_at.isoformat(),
+            "aggregate_type": row.aggregate_type,
+            "aggregate_id": row.aggregate_id,
+            "position": row.id,
+        }
+        pipe.rpush(key, json.dumps(body, separators=(",", ":")))
+    pipe.execute()
+
+
 def baseline_dispatch(rt: Runtime, batch_size: int, key: str) -> int:
     """The hand-written relay: same claim, one RPUSH per row in one pipeline per batch, mark, commit."""
     client = rt.redis
@@ -335,21 +354,7 @@ def baseline_dispatch(rt: Runtime, batch_size: int, key: str) -> int:
             with conn.begin():
                 rows = conn.execute(BASELINE_CLAIM, {"limit": batch_size}).all()
                 if rows:
-                    pipe = client.pipeline(transaction=False)
-                    for row in rows:
-                        body = {
-                            "event_id": str(row.event_id),
-                            "type": row.event_type,
-                            "version": row.event_version,
-                            "payload": row.payload,
-                            "metadata": row.metadata,
-                            "occurred_at": row.occurred_at.isoformat(),
-                            "aggregate_type": row.aggregate_type,
-                            "aggregate_id": row.aggregate_id,
-                            "position": row.id,
-                        }
-                        pipe.rpush(key, json.dumps(body, separators=(",", ":")))
-                    pipe.execute()
+                    push_rows(client, key, rows)
                     mark_dispatched(conn, [row.id for row in rows])
         total += len(rows)
         if len(rows) < batch_size:
