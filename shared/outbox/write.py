@@ -4,6 +4,11 @@ This is the statement every business commit pays for, so it goes to the driver d
 statement psycopg prepares: through SQLAlchemy Core the same INSERT cost more Python time than the
 database took to run it (bench/pipeline.py, section 4). Driver errors are raised as SQLAlchemy's,
 like every other statement's, so callers see one kind of database error.
+
+At a unit of work's COMMIT the rows go out with the COMMIT as one simple query,
+``INSERT ... VALUES (...); COMMIT``, run by libpq itself, the values written as literals libpq
+quoted (``PQescapeLiteral``): the same single round trip as a psycopg pipeline, for less client CPU
+(docs/benchmarks.md, "Outbox write cost (#16)").
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import psycopg
+from psycopg.pq import Escaping, ExecStatus, PipelineStatus, TransactionStatus
 from sqlalchemy import Connection, event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from shared.db.sql import INSERT_EVENT, INSERT_SCHEDULED
+from shared.db.sql import INSERT_EVENT, INSERT_EVENT_TYPES, INSERT_EVENT_VALUES, INSERT_SCHEDULED
 from shared.errors import OzzyError
 from shared.model.stored import StoredEvent
 from shared.model.unit_of_work import Scheduled, TimerOp
@@ -29,6 +35,10 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 #: ``info`` dict, which lives and dies with the pooled DBAPI connection).
 _AWAITING = "ozzy_outbox_awaiting_commit"
 
+#: The casts of the literal values, in the order of :data:`INSERT_EVENT`'s parameters.
+_CASTS = tuple(f"::{name}".encode() for name in INSERT_EVENT_TYPES)
+_INSERT_VALUES = INSERT_EVENT_VALUES.encode()
+
 
 def write_events(session: Session, stored: Sequence[StoredEvent]) -> None:
     """Insert ``stored`` into the outbox in the session's transaction, now."""
@@ -37,9 +47,12 @@ def write_events(session: Session, stored: Sequence[StoredEvent]) -> None:
 
 def _insert(connection: Connection, params: list[tuple[Any, ...]], *, then_commit: bool = False) -> None:
     """The outbox INSERT on ``connection``'s driver; with ``then_commit``, the INSERT and the COMMIT
-    go out together in one pipeline and come back in one round trip."""
+    go out together and come back in one round trip (one simple query, or one pipeline)."""
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     try:
+        if then_commit and driver.pgconn.pipeline_status == PipelineStatus.OFF and _quotable(params):
+            _execute_and_commit(driver, params)
+            return
         with driver.cursor() as cursor:
             with driver.pipeline() if then_commit else nullcontext():
                 if len(params) == 1:
@@ -57,6 +70,32 @@ def _insert(connection: Connection, params: list[tuple[Any, ...]], *, then_commi
         raise DBAPIError.instance(
             INSERT_EVENT, params, exc, psycopg.Error, connection_invalidated=disconnected, dialect=connection.dialect
         ) from exc
+
+
+def _quotable(params: list[tuple[Any, ...]]) -> bool:
+    """False if a value holds a NUL, which libpq's quoting would cut short: those rows take the
+    parameterised path, where psycopg refuses them as it always did."""
+    return not any(isinstance(value, str) and "\x00" in value for row in params for value in row)
+
+
+def _execute_and_commit(driver: psycopg.Connection[Any], params: list[tuple[Any, ...]]) -> None:
+    """Insert ``params`` and commit, in one simple query and one round trip.
+
+    After a failed statement the server skips the rest of the query, COMMIT included, and leaves
+    the transaction aborted, as in a pipeline. An open transaction is continued; on a connection
+    with none yet, the query begins its own."""
+    pgconn = driver.pgconn
+    encoding = driver.info.encoding
+    escape = Escaping(pgconn).escape_literal
+    rows = b",".join(
+        b"(" + b",".join(b"NULL" if v is None else escape(str(v).encode(encoding)) + cast
+                         for v, cast in zip(row, _CASTS)) + b")"
+        for row in params
+    )
+    begin = b"BEGIN;" if pgconn.transaction_status == TransactionStatus.IDLE else b""
+    result = pgconn.exec_(begin + _INSERT_VALUES + rows + b";COMMIT")  # waits with the GIL released
+    if result.status != ExecStatus.COMMAND_OK:
+        raise psycopg.errors.error_from_result(result, encoding)
 
 
 def _end_failed_transaction(driver: psycopg.Connection[Any]) -> bool:

@@ -4,6 +4,8 @@ repeated as literals. Use them as ``from shared.db import sql; sql.CLAIM_BATCH``
 
 from shared.db.sql.outbox import (  # noqa: F401
     INSERT_EVENT,
+    INSERT_EVENT_TYPES,
+    INSERT_EVENT_VALUES,
     CLAIM_BATCH,
     CLAIM_CONTROL_BATCH,
     DISPATCH_LOCK,
@@ -16,6 +18,7 @@ from shared.db.sql.scheduling import (  # noqa: F401
     CANCEL_SCHEDULED,
     FIRE_DUE,
     NEXT_DUE,
+    NEXT_DUE_TEXT,
     LIST_SCHEDULED,
     INSERT_OCCURRENCE,
     WAITING_BY_KEY,
@@ -75,6 +78,8 @@ from shared.db.sql.ops import (  # noqa: F401
 
 __all__ = [
     "INSERT_EVENT",
+    "INSERT_EVENT_TYPES",
+    "INSERT_EVENT_VALUES",
     "CLAIM_BATCH",
     "CLAIM_CONTROL_BATCH",
     "DISPATCH_LOCK",
@@ -85,6 +90,7 @@ __all__ = [
     "CANCEL_SCHEDULED",
     "FIRE_DUE",
     "NEXT_DUE",
+    "NEXT_DUE_TEXT",
     "LIST_SCHEDULED",
     "INSERT_OCCURRENCE",
     "WAITING_BY_KEY",

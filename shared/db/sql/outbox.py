@@ -14,6 +14,15 @@ INSERT_EVENT = (
     " VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s::uuid, %s::uuid, %s)"
 )
 
+#: The same INSERT with its values written as quoted literals, for the unit of work's COMMIT: this
+#: text, then ``(v1::uuid, v2::text, ...)`` per row, the casts of :data:`INSERT_EVENT_TYPES` in the
+#: order of :data:`INSERT_EVENT`'s parameters (see :func:`shared.outbox.write.write_at_commit`).
+INSERT_EVENT_VALUES = (
+    "INSERT INTO ozzy_outbox (event_id, event_type, event_version, aggregate_type, aggregate_id, payload,"
+    " metadata, correlation_id, causation_id, occurred_at) VALUES "
+)
+INSERT_EVENT_TYPES = ("uuid", "text", "integer", "text", "text", "jsonb", "jsonb", "uuid", "uuid", "timestamptz")
+
 _CLAIMED_COLUMNS = """id, event_id, event_type, event_version, aggregate_type, aggregate_id,
                payload::text AS payload, metadata::text AS metadata, occurred_at"""
 
