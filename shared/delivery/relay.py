@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -84,7 +84,10 @@ class Relay:
         self.paused = False
         self._wake = threading.Event()
         self._connections_ok = False  # the last batch succeeded: its pool needs no pre-ping
-        self._missed_due = 0  # passes in a row that found a due row but fired nothing
+        self._missed_due = 0  # passes in a row that tried to fire, found a due row but fired nothing
+        #: When (``time.monotonic()``) the earliest waiting scheduled event is due, as the last claim
+        #: read it; None: none waits. 0.0 until the first read: fire whatever is due at start.
+        self._timer_at: float | None = 0.0
         self._reason = "poll"
         self._stopping = threading.Event()
         self._drain_thread: threading.Thread | None = None
@@ -103,36 +106,48 @@ class Relay:
 
     # --- one drain ------------------------------------------------------------------------------
 
-    def drain(self) -> int:
-        """Dispatch undispatched rows, batch after batch, until none remain; return how many."""
+    def drain(self, *, next_due: bool = False) -> int:
+        """Dispatch undispatched rows, batch after batch, until none remain; return how many.
+
+        ``next_due``: the first batch also reads when the next scheduled event is due."""
         total = 0
         while not self._stopping.is_set():
-            claimed = self.dispatch_batch()
+            claimed = self.dispatch_batch(next_due=next_due)
+            next_due = False
             total += claimed
             if claimed < self.config.batch_size:
                 break
         self.stats.last_drain_at = time.time()
         return total
 
-    def dispatch_batch(self) -> int:
+    def dispatch_batch(self, *, next_due: bool = False) -> int:
         """Claim, send and mark one batch in one transaction; return the number of rows claimed.
 
-        Four round trips: BEGIN and the claim (a psycopg pipeline), the Redis pipeline, the lock
-        with the mark (one statement), the COMMIT. Checkouts skip the pool's pre-ping while batches
-        succeed: a lost connection fails the batch, which rolls back, and the next batch pings its
-        checkout (a dead pool is then replaced)."""
+        Three PostgreSQL round trips, one of them overlapped by Redis's: BEGIN and the claim in one
+        psycopg pipeline (see :func:`_transaction`), the lock with the mark (one statement, run by
+        the server while the Redis pipeline is sent), the COMMIT. ``next_due``: the claim's pipeline
+        also reads when the next scheduled event is due (no round trip of its own; not while
+        paused). Checkouts skip the pool's pre-ping while
+        batches succeed: a lost connection fails the batch, which rolls back, and the next batch
+        pings its checkout (a dead pool is then replaced)."""
         started, started_ns = time.perf_counter(), time.time_ns()
         trusted = self._connections_ok
         self._connections_ok = False
-        with unpinged() if trusted else nullcontext(), self.wiring.engine.connect() as conn, conn.begin():
-            driver = _driver(conn)
+        next_due = next_due and not self.paused
+        with (unpinged() if trusted else nullcontext(), self.wiring.engine.connect() as conn,
+              _transaction(conn) as driver, driver.cursor(row_factory=namedtuple_row) as cur, driver.cursor() as due):
             params: dict[str, Any] = {"limit": self.config.batch_size, **self._routes}
-            with driver.pipeline(), driver.cursor(row_factory=namedtuple_row) as cur:
+            with driver.pipeline():  # sent at once; the results come with the Sync at its end
+                driver.execute("BEGIN")
                 if self.paused:
                     cur.execute(sql.CLAIM_CONTROL_BATCH, {**params, "types": self._while_paused})
                 else:
                     cur.execute(sql.CLAIM_BATCH, params)
-                rows: list[Any] = cur.fetchall()
+                if next_due:
+                    due.execute(sql.NEXT_DUE_TEXT)
+            rows: list[Any] = cur.fetchall()
+            if next_due:
+                self._set_timer(due.fetchone())
             if not rows:
                 self._connections_ok = True
                 return 0
@@ -140,13 +155,14 @@ class Relay:
             routable = [row for row in rows if row.event_type in known]
             self._park(conn, [row for row in rows if row.event_type not in known])
             envelopes = [envelope_json(row) for row in routable]
-            send(self.wiring.redis, self.config.redis_namespace, [
-                (spec, env) for row, env in zip(routable, envelopes)
-                for spec in self._unordered_by_type.get(row.event_type, ())
-            ])
+            deliveries = [(spec, env) for row, env in zip(routable, envelopes)
+                          for spec in self._unordered_by_type.get(row.event_type, ())]
             ordered: list[tuple[HandlerSpec, str]] = []
             if routable:
-                positions = mark_dispatched(conn, [row.id for row in routable])
+                positions = mark_dispatched(
+                    conn, [row.id for row in routable],
+                    meanwhile=lambda: send(self.wiring.redis, self.config.redis_namespace, deliveries),
+                )
                 if self._ordered_by_type:
                     ordered = self._order(conn, routable, envelopes, positions)
         self._connections_ok = True
@@ -266,18 +282,35 @@ class Relay:
             self._after_fire()
         return fired
 
-    def _next_timer(self, fired: int) -> float | None:
+    def _set_timer(self, row: Any) -> None:
+        """Keep when the next scheduled event is due, from :data:`sql.NEXT_DUE_TEXT`'s row."""
+        seconds = row[0] if row else None
+        self._timer_at = None if seconds is None else time.monotonic() + max(0.0, float(seconds))
+
+    def _fire_if_due(self) -> int | None:
+        """Fire the scheduled events that are due, if the last read said one would be by now;
+        return how many fired, None if none could be due (then nothing was asked).
+
+        Skipping is safe: every pass reads the next due time again in its claim's pipeline, and
+        a commit that schedules something wakes the relay (the poll otherwise), so an event due
+        sooner than the one this relay waits for is seen on the next pass, and fired at once."""
+        if self.paused or self._timer_at is None or self._timer_at > time.monotonic():
+            return None
+        return self.fire_due()
+
+    def _next_timer(self, fired: int | None) -> float | None:
         """Seconds to wait for the next scheduled event (None: only a wake-up or the poll).
 
-        A paused relay fires nothing, so it arms no timer. A row due now that this pass did not
-        fire either became due during the pass (look again at once), or, if the next pass does not
-        fire it either, is locked by someone else (another relay firing it, a transaction
-        cancelling it): then wait a little rather than ask again and again."""
-        if self.paused:
+        A paused relay fires nothing, so it arms no timer. A row due now that this pass tried to
+        fire and did not either became due during the pass (look again at once), or, if the next
+        pass does not fire it either, is locked by someone else (another relay firing it, a
+        transaction cancelling it): then wait a little rather than ask again and again. One this
+        pass did not try to fire (it became due since the last read) is fired at once."""
+        if self.paused or self._timer_at is None:
             return None
-        timer = timers.seconds_until_next(self.wiring.engine)
-        if timer is None:
-            return None
+        timer = max(0.0, self._timer_at - time.monotonic())
+        if timer == 0.0 and fired is None:
+            return 0.0
         if timer == 0.0 and not fired:
             self._missed_due += 1
             return 0.0 if self._missed_due == 1 else timers.LOCKED_BACKOFF
@@ -299,17 +332,42 @@ class Relay:
                 self.stats.drains_by_notify += 1
             metrics.relay_drains.labels("timer" if not woken else self._reason).inc()
             try:
-                # Committed events first: a wake-up is usually a commit, and its events should not
-                # wait behind the timers' round trips; what the timers fire goes out at once after.
-                self.drain()
-                fired = self.fire_due()
-                if fired:
-                    self.drain()
+                # Timers are fired only when the last read said one is due (a wake-up is usually a
+                # commit, whose events should not wait behind a timer check), then the drain sends
+                # what they fired with what was committed, and reads the next due time as it claims.
+                fired = self._fire_if_due()
+                self.drain(next_due=True)
                 timer = self._next_timer(fired)
             except Exception as exc:  # noqa: BLE001 - nothing was marked dispatched; the next poll retries
                 self.stats.errors += 1
                 timer = None
                 log.warning("drain failed, retrying at the next poll: %s", exc)
+
+
+@contextmanager
+def _transaction(conn: Connection) -> Iterator[psycopg.Connection[Any]]:
+    """A transaction on the psycopg connection under ``conn`` that the caller opens with its own
+    ``BEGIN``, sent in the pipeline of its first statements: one round trip where psycopg would
+    send its BEGIN and wait for it first. The driver is in autocommit mode meanwhile, so psycopg
+    adds no BEGIN; it follows the transaction the server reports, SQLAlchemy statements included.
+    Commits at the end of the block, rolls back if it raises; a connection that cannot be brought
+    back to its pooled state (not in a transaction, not in autocommit) is invalidated."""
+    driver = _driver(conn)
+    try:
+        driver.autocommit = True
+        yield driver
+        driver.commit()
+    except BaseException:
+        try:
+            driver.rollback()
+        except psycopg.Error:
+            pass  # the connection is lost: invalidated below
+        raise
+    finally:
+        try:
+            driver.autocommit = False
+        except psycopg.Error:
+            conn.invalidate()
 
 
 def _driver(conn: Connection) -> psycopg.Connection[Any]:
@@ -319,12 +377,21 @@ def _driver(conn: Connection) -> psycopg.Connection[Any]:
     return driver
 
 
-def mark_dispatched(conn: Connection, ids: list[int]) -> dict[int, int]:
+def mark_dispatched(conn: Connection, ids: list[int], *,
+                    meanwhile: Callable[[], None] | None = None) -> dict[int, int]:
     """Take :data:`sql.DISPATCH_LOCK` and mark the claimed rows ``ids`` dispatched, in one round
-    trip; return each row's dispatch position, given in id order."""
+    trip; return each row's dispatch position, given in id order.
+
+    ``meanwhile`` runs once the statement is on its way, while the server runs it (the relay sends
+    its Redis pipeline then): the two round trips overlap. If it raises, the statement's result is
+    still read, then the error goes up and the caller's transaction rolls back."""
     ids = sorted(ids)
-    with _driver(conn).cursor() as cur:
-        cur.execute(sql.MARK_DISPATCHED, {"ids": ids})
+    driver = _driver(conn)
+    with driver.cursor() as cur:
+        with driver.pipeline() if meanwhile else nullcontext():
+            cur.execute(sql.MARK_DISPATCHED, {"ids": ids})
+            if meanwhile is not None:
+                meanwhile()
         base, marked = cur.fetchone()  # type: ignore[misc]  # one row, always
     if marked != len(ids):  # the rows are locked by this transaction: this is a bug, not a race
         raise OzzyError(f"marked {marked} of {len(ids)} claimed rows dispatched")

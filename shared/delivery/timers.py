@@ -6,7 +6,9 @@ due (:data:`shared.db.sql.FIRE_DUE`: claimed with ``SKIP LOCKED``, marked fired 
 outbox in one statement, so each fires once across relays and crashes). Its drain then dispatches
 the new rows like any event. A commit that schedules something wakes the relays through the fast
 channel, so a timer earlier than the one they wait for is re-armed at once; their poll is the
-fallback.
+fallback. A relay reads the earliest due time in the pipeline of each pass's first claim (no round
+trip of its own) and calls :func:`fire_due` only when that time has come, so a wake-up for
+committed events costs the timers nothing.
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ LOCKED_BACKOFF = 0.1
 
 
 def fire_due(engine: Engine, limit: int = 1000) -> int:
-    """Fire every due event, a batch of ``limit`` at a time; return how many fired."""
+    """Fire every due event, a batch of ``limit`` at a time; return how many fired.
+
+    Each batch is one statement run on its own (autocommit): one round trip, atomic as a
+    transaction of its own would be, without the BEGIN and COMMIT round trips."""
     total = 0
     while True:
-        with engine.begin() as conn:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             fired, logged = conn.execute(sql.FIRE_DUE, {"limit": limit}).one()
         if fired != logged:  # the event id is already in the log: it fired before (a replay of a restore)
             log.warning("%d scheduled events were already in the event log", fired - logged)

@@ -4,6 +4,7 @@ relay (its timer, not its poll), cancellable until then, whatever Redis holds.""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -169,6 +170,90 @@ def test_scheduled_events_do_not_depend_on_redis(runtime) -> None:
     finally:
         relay.stop()
     assert _log(runtime)[0].event_id == event_id
+
+
+def _started_and_idle(runtime) -> Relay:
+    """A relay (poll an hour away) past its start-up passes, its timer armed for a scheduled event
+    an hour ahead (so its own timer waits ``timers.MAX_WAIT``, 60 s)."""
+    relay = Relay(runtime)
+    relay.start()
+    wait_until(lambda: relay.stats.last_drain_at, timeout=30)
+    seen = relay.stats.drains_by_notify + relay.stats.drains_by_poll
+    committed = time.time()
+    schedule(runtime, after=3600)
+    wait_until(lambda: relay.stats.drains_by_notify + relay.stats.drains_by_poll > seen
+               and (relay.stats.last_drain_at or 0) > committed, timeout=30)
+    return relay
+
+
+def test_a_timer_written_without_a_wake_up_fires_on_the_next_wake_up_of_any_kind(runtime) -> None:
+    # Given an idle relay whose timer waits for an event an hour ahead, and whose poll is an hour away
+    relay = _started_and_idle(runtime)
+    try:
+        # When another process schedules an event due now and its wake-up is lost (Redis unreachable)
+        silent = make_runtime(runtime.config, handlers=[], redis_url="redis://127.0.0.1:9/0")
+        try:
+            (event_id,) = schedule(silent, at=datetime.now(timezone.utc) - timedelta(seconds=1))
+        finally:
+            silent.close()
+        # and then an unrelated commit wakes the relay (a wake-up that says nothing of timers)
+        with runtime.unit_of_work() as uow:
+            uow.add(Account.open("unrelated"))
+            uow.commit()
+        # Then that wake-up's pass sees the due event and fires it, well before its timer (60 s)
+        wait_until(lambda: statuses(runtime).get("fired") == 1, timeout=30)
+        wait_until(lambda: scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NULL") == 0,
+                   timeout=30)
+    finally:
+        relay.stop()
+    assert _logged(runtime, event_id).event_id == event_id
+    assert relay.stats.timers_fired == 1
+
+
+def test_a_timer_written_without_any_wake_up_fires_at_the_poll(clean_db) -> None:
+    rt = make_runtime(clean_db, handlers=["test.welcome"], poll_interval=0.5)
+    relay = Relay(rt)
+    relay.start()
+    try:
+        wait_until(lambda: relay.stats.drains_by_poll >= 1 and relay.stats.last_drain_at, timeout=30)
+        silent = make_runtime(rt.config, handlers=[], redis_url="redis://127.0.0.1:9/0")
+        try:
+            schedule(silent, after=0.2)
+        finally:
+            silent.close()
+        wait_until(lambda: statuses(rt) == {"fired": 1}, timeout=30)
+    finally:
+        relay.stop()
+        rt.close()
+
+
+def test_a_wake_up_with_no_timer_due_does_not_ask_to_fire_timers(runtime) -> None:
+    # Given an idle relay whose next scheduled event is an hour ahead
+    relay = _started_and_idle(runtime)
+    fire_calls: list[int] = []
+    fire_due = relay.fire_due
+
+    def counting() -> int:
+        fire_calls.append(1)
+        return fire_due()
+
+    relay.fire_due = counting  # type: ignore[method-assign]
+    try:
+        # When commits wake it, one after the other
+        for i in range(5):
+            with runtime.unit_of_work() as uow:
+                uow.add(Account.open(f"owner-{i}"))
+                uow.commit()
+            wait_until(lambda i=i: scalar(runtime, "SELECT count(*) FROM ozzy_outbox WHERE dispatched_at IS NOT NULL")
+                       == i + 1, timeout=30)
+        # Then each is dispatched, and no pass tried to fire timers (the claim read the next due time)
+        assert fire_calls == []
+        # but an event scheduled due now by a commit is fired at once
+        schedule(runtime, after=0)
+        wait_until(lambda: statuses(runtime).get("fired") == 1, timeout=30)
+    finally:
+        relay.stop()
+    assert len(fire_calls) >= 1 and statuses(runtime) == {"fired": 1, "scheduled": 1}
 
 
 def _catching(fn, errors):  # type: ignore[no-untyped-def]

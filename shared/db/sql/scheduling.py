@@ -61,10 +61,12 @@ FIRE_DUE = text(
     """
 )
 
-#: How long until the earliest waiting event is due (negative: overdue), for the relay's timer.
-NEXT_DUE = text(
+#: How long until the earliest waiting event is due (negative: overdue), for the relay's timer. The
+#: relay sends it in its claim's pipeline (no round trip of its own), hence also as plain text.
+NEXT_DUE_TEXT = (
     f"SELECT extract(epoch FROM min(due_at) - clock_timestamp()) FROM ozzy_scheduled WHERE status = '{SCHEDULED}'"
 )
+NEXT_DUE = text(NEXT_DUE_TEXT)
 
 #: Scheduled events for operators, in the order they were scheduled (keyset pagination by id).
 LIST_SCHEDULED = text(
