@@ -98,6 +98,8 @@ class Config(BaseSettings):
 
     # Worker
     worker_threads: int = Field(8, ge=1)
+    #: Most deliveries a worker thread runs in one transaction, a savepoint each (1: one each).
+    worker_batch: int = Field(8, ge=1, le=32)
     # How long an idle consumer blocks waiting for a wake-up before it polls Redis anyway.
     worker_idle_ms: int = Field(1000, ge=10)
     # A worker whose heartbeat is older than this is dead and its in-flight messages come back

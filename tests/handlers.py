@@ -45,5 +45,22 @@ def _count_start(key: str) -> None:
 def _maybe_slow(variable: str) -> None:
     """Fault tests make a handler slow to kill its worker in the middle of it."""
     delay = float(os.environ.get(variable, "0"))
-    if delay:
+    if delay and _chosen(variable):
         time.sleep(delay)
+
+
+_slowed: list[int] = []
+
+
+def _chosen(variable: str) -> bool:
+    """With ``<variable>_IN_BATCH=1`` only one delivery is slow: the first to run in a batch after
+    others, whose effects then wait for its COMMIT (shared/delivery/batching.py)."""
+    if os.environ.get(f"{variable}_IN_BATCH") != "1":
+        return True
+    from shared.delivery import batching
+
+    batch = batching.current()
+    if _slowed or batch is None or not batch.pending:
+        return False
+    _slowed.append(1)
+    return True

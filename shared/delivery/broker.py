@@ -15,14 +15,18 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from dramatiq import Message, Middleware
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import dq_name
+from dramatiq.common import current_millis, dq_name
+from dramatiq.errors import ConnectionClosed
 
 from shared.channel.pubsub import queue_channel
+
+if TYPE_CHECKING:
+    from shared.delivery.batching import Batching
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +150,26 @@ class _QuickWakeConsumer(_RedisConsumer):
         finally:
             self.wake.set()
 
+    def ack_many(self, messages: list[Any]) -> None:
+        """Acknowledge ``messages`` in one Redis round trip: Dramatiq's ack script once per
+        message, pipelined."""
+        broker = self.broker
+        dispatch = broker.scripts["dispatch"]
+        try:
+            with broker.client.pipeline(transaction=False) as pipe:
+                for message in messages:
+                    args = ["ack", current_millis(), self.queue_name, broker.broker_id, broker.heartbeat_timeout,
+                            broker.dead_message_ttl, broker._should_do_maintenance("ack"), broker._max_unpack_size(),
+                            message.options["redis_message_id"]]
+                    dispatch(keys=[broker.namespace], args=args, client=pipe)
+                pipe.execute()
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]  # dramatiq's error is untyped
+        finally:
+            for message in messages:
+                self.queued_message_ids.discard(message.message_id)
+            self.wake.set()
+
     def nack(self, message: Any) -> None:
         try:
             super().nack(message)  # type: ignore[no-untyped-call]  # dramatiq's consumer is untyped
@@ -165,6 +189,8 @@ class OzzyBroker(RedisBroker):
         self.wake_listener = WakeListener(client, namespace)
         #: Queues whose handlers an operator paused: their consumers fetch nothing.
         self.paused_queues: set[str] = set()
+        #: Several deliveries per transaction (set by ``build_broker``; see batching).
+        self.batching: Batching | None = None
 
     @property
     def consumer_class(self) -> type[_QuickWakeConsumer]:

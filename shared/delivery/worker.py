@@ -21,11 +21,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from shared.db import sql
-from shared.db.sql.deliveries import INBOX_BEGIN_AND_CLAIM
+from shared.db.sql.deliveries import INBOX_BEGIN_AND_CLAIM, INBOX_CLAIM_LITERAL
 from shared.db.engine import unpinged
 from shared.db.tables import DEAD, INVALID_PAYLOAD, PERMANENT_ERROR, RETRIES_EXHAUSTED, RETRYING, UNKNOWN_EVENT_TYPE
+from shared.delivery.batching import SAVEPOINT, Batch, Batching
 from shared.delivery.broker import OzzyBroker
-from shared.delivery import ordering, versions
+from shared.delivery import batching, ordering, versions
 from shared.delivery.handlers import HandlerSpec
 from shared.delivery.wiring import Wiring
 from shared import logs
@@ -50,6 +51,18 @@ def actor_function(wiring: Wiring, spec: HandlerSpec) -> Callable[[dict[str, Any
             versions.park(wiring, spec, stored)
             outcome(PARKED_OUTCOME)
             return
+        batch = batching.current()
+        if batch is not None and batch.usable:
+            try:
+                run_in_batch(wiring, spec, stored, batch)
+                return
+            except DBAPIError as exc:
+                if not database_unavailable(exc):
+                    raise
+                # The batch's transaction is gone: what it held runs again after it, and this
+                # delivery now, on its own (waiting for the database as below).
+                batch.abandon()
+                log.warning("%s: database unavailable in a batch, running alone: %s", spec.name, exc.orig)
         pause = 0.1
         while True:
             try:
@@ -131,6 +144,71 @@ def _run_handler(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent) -> bool
     return True
 
 
+def run_in_batch(wiring: Wiring, spec: HandlerSpec, stored: StoredEvent, batch: Batch) -> bool:
+    """Run ``spec`` on ``stored`` inside ``batch``'s transaction, in a savepoint of its own: False if
+    the pair was already done. What it wrote is committed with the batch (see batching)."""
+    started = time.perf_counter()
+    connection = batch.connect()
+    session = wiring.session_factory(bind=connection, join_transaction_mode="rollback_only")
+    uow = SqlUnitOfWork(session, managed=True)
+    try:
+        claimed = inbox_claim_in_batch(batch, connection, stored.event_id, spec.name)
+        if claimed is None:
+            outcome(DUPLICATE)
+            log.debug("skipping %s for %s: already done", spec.name, stored.event_id)
+            return False
+        event = decode(stored)
+        with causal_context(correlation_id=stored.correlation_id, causation_id=stored.event_id):
+            spec.fn(event, uow)
+            uow.flush()  # the handler's effects, its events and the inbox row, in its savepoint
+    except BaseException as exc:
+        _undo(batch, connection)
+        if isinstance(exc, StaleDataError):
+            raise ConcurrencyError() from exc
+        raise
+    finally:
+        session.close()  # joined to the batch's transaction: leaves it as it is
+    batch.delivered(spec.name, stored.event_id, events=bool(uow.written))
+    log.log(logging.INFO if wiring.config.dev else logging.DEBUG, "%s handled %s %s in %.1f ms, raised %d (batched)",
+            spec.name, stored.type, stored.event_id, (time.perf_counter() - started) * 1000, len(uow.written))
+    return True
+
+
+def inbox_claim_in_batch(batch: Batch, connection: Any, event_id: uuid.UUID, handler: str) -> Any:
+    """The inbox claim behind the delivery's SAVEPOINT, in one round trip: behind the BEGIN too for
+    the first delivery, behind the RELEASE of the previous delivery's savepoint for the others."""
+    driver = connection.connection.driver_connection
+    status = driver.info.transaction_status
+    if status == pq.TransactionStatus.INERROR:  # a failure whose rollback was interrupted
+        _undo(batch, connection)
+        status = driver.info.transaction_status
+    if status == pq.TransactionStatus.IDLE:
+        batch.transaction_lost()  # nothing, or a handler rolled the whole transaction back
+        template = f"BEGIN; SAVEPOINT {SAVEPOINT}; {INBOX_CLAIM_LITERAL}"
+    else:
+        template = f"RELEASE SAVEPOINT {SAVEPOINT}; SAVEPOINT {SAVEPOINT}; {INBOX_CLAIM_LITERAL}"
+    return _claim_on_driver(connection, driver, event_id, handler, template)
+
+
+def _undo(batch: Batch, connection: Any) -> None:
+    """Roll the batch back to the failed delivery's savepoint; if its transaction or connection is
+    gone, the batch learns that what it held runs again."""
+    batch.settled = False
+    try:
+        driver = connection.connection.driver_connection
+        status = driver.info.transaction_status
+        if status == pq.TransactionStatus.IDLE:
+            batch.transaction_lost()  # the session (the handler, a version conflict) rolled it all back
+        else:
+            result = driver.pgconn.exec_(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}".encode())
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                raise psycopg.OperationalError(result.error_message.decode(errors="replace"))
+        batch.settled = True
+    except Exception as exc:  # noqa: BLE001 - the delivery's own error is the one to report
+        log.warning("a batch lost its transaction: %s", exc)
+        batch.abandon()
+
+
 def inbox_claim(session: Session, event_id: uuid.UUID, handler: str) -> Any:
     """:data:`shared.db.sql.INBOX_CLAIM` as the first statement of the session's transaction: the
     delivery's row id, or None if the pair was already done.
@@ -152,13 +230,14 @@ def inbox_claim(session: Session, event_id: uuid.UUID, handler: str) -> Any:
     return session.execute(sql.INBOX_CLAIM, {"event_id": event_id, "handler": handler}).scalar()
 
 
-def _claim_on_driver(connection: Any, driver: psycopg.Connection[Any], event_id: uuid.UUID, handler: str) -> Any:
+def _claim_on_driver(connection: Any, driver: psycopg.Connection[Any], event_id: uuid.UUID, handler: str,
+                     template: str = INBOX_BEGIN_AND_CLAIM) -> Any:
     pgconn = driver.pgconn
     encoding = driver.info.encoding
     query = ""
     try:
         escape = pq.Escaping(pgconn).escape_literal
-        query = INBOX_BEGIN_AND_CLAIM.format(
+        query = template.format(
             event_id=escape(str(event_id).encode(encoding)).decode(encoding),
             handler=escape(handler.encode(encoding)).decode(encoding),
         )
@@ -202,11 +281,11 @@ class DeliveryState(Middleware):
             "error": error,
             "dead_reason": dead_reason(exception) if status == DEAD else None,
         }
-        try:
-            with self.wiring.engine.begin() as conn:
-                conn.execute(sql.RECORD_FAILURE, params)
-        except SQLAlchemyError:
-            log.exception("could not record the failure of %s for %s", message.actor_name, envelope["event_id"])
+        batch = batching.current()
+        if batch is not None and not batch.settled:  # never waiting on the batch's own locks
+            batch.later(lambda: self._record(params))
+        else:
+            self._record(params)
         # Retries has counted this failure already, unless it was one no retry can fix.
         attempt = message.options.get("retries", 0) + (1 if isinstance(exception, PERMANENT) else 0)
         what = (message.actor_name, envelope.get("type"), envelope["event_id"], attempt, type(exception).__name__)
@@ -215,6 +294,13 @@ class DeliveryState(Middleware):
             log.error("%s gave up on %s %s after attempt %d: %s", *what, exc_info=exception)
         else:
             log.warning("%s failed on %s %s (attempt %d, will retry): %s: %s", *what, _first_line(exception))
+
+    def _record(self, params: dict[str, Any]) -> None:
+        try:
+            with self.wiring.engine.begin() as conn:
+                conn.execute(sql.RECORD_FAILURE, params)
+        except SQLAlchemyError:
+            log.exception("could not record the failure of %s for %s", params["handler"], params["event_id"])
 
 
 def _first_line(exception: BaseException) -> str:
@@ -257,6 +343,10 @@ def build_broker(wiring: Wiring) -> OzzyBroker:
     ]
     broker = OzzyBroker(
         client=wiring.redis, namespace=c.redis_namespace, middleware=middleware, heartbeat_timeout=c.heartbeat_timeout_ms
+    )
+    broker.batching = Batching(
+        engine=wiring.engine, size=c.worker_batch, on_events=wiring.wake_relays,
+        handlers=frozenset(spec.name for spec in wiring.handlers.values() if spec.ordered_by is None),
     )
     dramatiq.set_broker(broker)
     for spec in wiring.handlers.values():

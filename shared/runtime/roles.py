@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 
-import dramatiq
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared import settings as runtime_settings
 from shared.cluster.control import CONTROL_PLANE, PAUSED_HANDLERS, RELAY_PAUSED
 from shared.delivery import versions
+from shared.delivery.batching import BatchingWorker
 from shared.delivery.relay import Relay
 from shared.ops.housekeeping import Housekeeping
 from shared.projections.runner import Projector
@@ -76,7 +76,7 @@ def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str]
     """``ozzy worker``: consume every handler queue (or ``queues``) until SIGTERM or SIGINT, then
     finish in-flight messages, hand back prefetched ones and return 0."""
     broker = runtime.broker
-    worker = dramatiq.Worker(
+    worker = BatchingWorker(
         broker, queues=queues, worker_threads=threads or runtime.config.worker_threads,
         worker_timeout=runtime.config.worker_idle_ms,
     )

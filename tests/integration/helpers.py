@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from shared.config import Config
 from shared.db.engine import make_engine
+from shared.delivery.batching import BatchingWorker
 from shared.delivery.handlers import HandlerRegistry
 from shared.runtime import Runtime
 
@@ -34,7 +35,7 @@ def make_runtime(
 
 @contextmanager
 def running_worker(runtime: Runtime, threads: int = 4) -> Iterator[dramatiq.Worker]:
-    worker = dramatiq.Worker(runtime.broker, worker_threads=threads, worker_timeout=runtime.config.worker_idle_ms)
+    worker = BatchingWorker(runtime.broker, worker_threads=threads, worker_timeout=runtime.config.worker_idle_ms)
     worker.start()
     try:
         yield worker

@@ -25,8 +25,10 @@ INBOX_CLAIM = text(
 #: :data:`INBOX_CLAIM` behind the BEGIN of its transaction, as one simple query: the worker sends
 #: both in one round trip (the driver's own BEGIN would be a round trip of its own). Its values are
 #: formatted in as literals the driver escaped: ``event_id`` (a UUID's text) and ``handler``.
-INBOX_BEGIN_AND_CLAIM = "BEGIN; " + " ".join(INBOX_CLAIM.text.split()).replace(
+#: A batch of deliveries sends the literal claim behind its SAVEPOINT instead (worker batching).
+INBOX_CLAIM_LITERAL = " ".join(INBOX_CLAIM.text.split()).replace(
     ":event_id", "{event_id}::uuid").replace(":handler", "{handler}")
+INBOX_BEGIN_AND_CLAIM = "BEGIN; " + INBOX_CLAIM_LITERAL
 
 #: A failed attempt, recorded in its own transaction after the handler's was rolled back.
 RECORD_FAILURE = text(
