@@ -97,6 +97,9 @@ def run_worker(runtime: Runtime, *, threads: int | None = None, queues: set[str]
         versions.send_parked_known(runtime)
 
     def start() -> None:
+        # Dramatiq's middleware starts on this hook (TimeLimit's watchdog among them): without it a
+        # handler past OZZY_TIME_LIMIT_MS would run on.
+        broker.emit_after("process_boot")
         worker.start()
         # Parked deliveries of event versions this worker knows (a rolling deploy) go on from here.
         process.every(runtime.config.sweep_interval, send_parked, "parked-versions", now=True)
