@@ -6,7 +6,8 @@
     .venv/bin/python bench/ordered.py --no-replay --rounds 5   # only the ratios, more rounds
 
 1. **Ordered / unordered throughput**: the same N events over 200 keys, already dispatched (a
-   backlog), handled by 8 worker threads in this process, once by ``test.ordered`` (``ordered_by="key"``)
+   backlog), handled by 8 worker threads in this process (the batching worker `ozzy worker` runs;
+   `--worker plain`: Dramatiq's, one transaction per delivery), once by ``test.ordered`` (``ordered_by="key"``)
    and once by ``test.unordered`` (same work: one row insert), turn by turn; the figure is the ratio
    of their rates (target >= 0.8): best round of each, and median of each. Run with no handler delay
    and with a 2 ms one (I/O-bound handlers). Each ordered round also says how many deliveries found
@@ -40,6 +41,7 @@ from sqlalchemy import text  # noqa: E402
 from shared.config import Config  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.delivery import ordering, replay  # noqa: E402
+from shared.delivery.batching import BatchingWorker  # noqa: E402
 from shared.delivery.relay import Relay  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402
 from tests import servers  # noqa: E402
@@ -91,6 +93,9 @@ def counting_enter(*args, **kwargs):  # type: ignore[no-untyped-def]
 ordering.enter = counting_enter  # the worker looks it up at each call
 
 
+WORKER = {"kind": "batching"}
+
+
 def handling_rate(settings: Config, handler, n: int, keys: int, threads: int) -> float:  # type: ignore[no-untyped-def]
     """Events/s for one handler over a dispatched backlog of ``n`` events."""
     BLOCKED["count"] = 0
@@ -100,7 +105,10 @@ def handling_rate(settings: Config, handler, n: int, keys: int, threads: int) ->
         publish(rt, n, keys)
         Relay(rt).drain()
         name = next(iter(rt.handlers))
-        worker = dramatiq.Worker(rt.broker, worker_threads=threads, worker_timeout=100)
+        # The worker `ozzy worker` runs (unordered deliveries batched, OZZY_WORKER_BATCH), or plain
+        # Dramatiq's (one transaction per delivery for both).
+        kind = BatchingWorker if WORKER["kind"] == "batching" else dramatiq.Worker
+        worker = kind(rt.broker, worker_threads=threads, worker_timeout=100)
         started = time.perf_counter()
         worker.start()
         try:
@@ -182,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-replay", action="store_true", help="only the ordered/unordered ratios")
     parser.add_argument("--rounds", type=int, help="rounds of each ratio (3; 1 with --quick)")
+    parser.add_argument("--worker", choices=("batching", "plain"), default="batching",
+                        help="the worker class: ozzy worker's (batching, default) or plain Dramatiq's")
     args = parser.parse_args(argv)
+    WORKER["kind"] = args.worker
     n, rounds, log_size = (1000, 1, 20_000) if args.quick else (4000, 3, 200_000)
     rounds = args.rounds or rounds
     results: dict[str, object] = {}
@@ -194,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         results["ratio_2ms"] = section_ratio(settings, n, rounds, 0.002)
         if not args.no_replay:
             results["replay"] = section_replay(settings, log_size, n * 5 if not args.quick else 2000)
+    results["worker"] = args.worker
     print(json.dumps(results))
     return 0
 

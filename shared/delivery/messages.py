@@ -56,9 +56,11 @@ def send(
     *,
     publish: Sequence[str] = (),
     channel: str | None = None,
+    front: bool = False,
 ) -> None:
     """One pipeline, one round trip: enqueue one message per (handler, envelope JSON), wake each
-    queue, and publish ``publish`` (envelope JSON texts) as one JSON array on ``channel``.
+    queue, and publish ``publish`` (envelope JSON texts) as one JSON array on ``channel``. With
+    ``front``, the messages go to the head of their queues (in their order), ahead of any backlog.
 
     Per queue: one HSET of the bodies and one RPUSH of their ids, the keys Dramatiq's own enqueue
     script writes, a batch at a time. Raises if Redis did not take all of it."""
@@ -73,7 +75,10 @@ def send(
     for queue_name, bodies in by_queue.items():
         key = f"{namespace}:{queue_name}"
         pipe.hset(f"{key}.msgs", mapping=bodies)
-        pipe.rpush(key, *bodies)
+        if front:
+            pipe.lpush(key, *reversed(list(bodies)))  # consumers pop from the head
+        else:
+            pipe.rpush(key, *bodies)
         pipe.publish(queue_channel(namespace, queue_name), b"1")
     if channel is not None and publish:
         pipe.publish(channel, "[" + ",".join(publish) + "]")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections import defaultdict
 
 import pytest
@@ -116,5 +117,87 @@ def test_resolving_the_blocking_delivery_releases_the_next_of_its_key(clean_db, 
         assert count(runtime, "done") == 4 and count(runtime, "resolved") == 1
         assert [len(tracker.runs["a"]), len(tracker.runs["b"])] == [3, 1]
         assert tracker.runs["a"] == [e for e in dispatch_order(runtime)["a"] if e in tracker.runs["a"]]
+    finally:
+        runtime.close()
+
+
+def queued_event_ids(runtime, queue: str = "test.ordered") -> list[str]:
+    """The event ids of the messages waiting in ``queue``, head first."""
+    from dramatiq import Message
+
+    ns = runtime.config.redis_namespace
+    ids = runtime.redis.lrange(f"{ns}:{queue}", 0, -1)
+    return [Message.decode(raw).args[0]["event_id"] for raw in runtime.redis.hmget(f"{ns}:{queue}.msgs", ids)]
+
+
+def test_a_released_delivery_goes_to_the_head_of_its_queue_ahead_of_the_backlog(clean_db, tracker) -> None:
+    # Given a backlog: a0, a1 of key a, then five events of key b, dispatched and queued
+    from shared.delivery.worker import run_handler
+    from shared.model.stored import StoredEvent
+
+    runtime = make_runtime(clean_db, handlers=[ordered])
+    try:
+        publish(runtime, [Keyed(key="a", n=0), Keyed(key="a", n=1)] + [Keyed(key="b", n=n) for n in range(5)],
+                per_commit=1)
+        Relay(runtime).drain()
+        backlog = queued_event_ids(runtime)
+        a0, a1 = backlog[:2]
+        spec = runtime.handlers["test.ordered"]
+
+        def stored(event_id: str) -> StoredEvent:
+            from dramatiq import Message
+
+            ns = runtime.config.redis_namespace
+            ids = runtime.redis.lrange(f"{ns}:test.ordered", 0, -1)
+            for raw in runtime.redis.hmget(f"{ns}:test.ordered.msgs", ids):
+                envelope = Message.decode(raw).args[0]
+                if envelope["event_id"] == event_id:
+                    return StoredEvent.from_message(envelope)
+            raise AssertionError(event_id)
+
+        # When a1 reaches its gate before a0 (it is blocked), then a0 runs and releases it
+        assert run_handler(runtime, spec, stored(a1)) is False
+        assert count(runtime, "blocked") == 1
+        assert run_handler(runtime, spec, stored(a0)) is True
+        # Then a1 is pending again and its new message is first in the queue, before the backlog
+        assert count(runtime, "blocked") == 0
+        assert queued_event_ids(runtime) == [a1] + backlog
+        assert run_handler(runtime, spec, stored(a1)) is True
+        assert tracker.runs["a"] == [uuid.UUID(a0), uuid.UUID(a1)]
+    finally:
+        runtime.close()
+
+
+def test_the_gate_prepares_its_statements_again_when_a_connection_lost_them(clean_db, tracker) -> None:
+    # Given three dispatched events of one key, and one connection for all their gates
+    from sqlalchemy.orm import Session
+
+    runtime = make_runtime(clean_db, handlers=[ordered])
+    try:
+        publish(runtime, [Keyed(key="a", n=n) for n in range(3)], per_commit=1)
+        Relay(runtime).drain()
+        first, second, third = dispatch_order(runtime)["a"]
+        with runtime.engine.connect() as conn:
+            session = Session(bind=conn)
+            driver = conn.connection.driver_connection
+            gate = ordering.enter(session, "test.ordered", first)
+            assert gate is not None and gate.blocker is None and gate.claimed is not None
+            session.commit()
+            # When psycopg rolls back a transaction after preparing statements of its own, it
+            # deallocates every prepared statement of the connection, the gate's too
+            driver.execute("SELECT 1", prepare=True)
+            driver.rollback()
+            gate = ordering.enter(session, "test.ordered", second)
+            # Then the gate prepares them again and passes
+            assert gate is not None and gate.blocker is None and gate.claimed is not None
+            session.commit()
+            # And when it thinks a connection has none (they are there), it passes as well
+            ordering._prepared.discard(driver)
+            gate = ordering.enter(session, "test.ordered", third)
+            assert gate is not None and gate.blocker is None and gate.claimed is not None
+            session.commit()
+            names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM pg_prepared_statements")}
+            assert {"ozzy_gate_lock", "ozzy_gate_claim"} <= names
+        assert count(runtime, "done") == 3
     finally:
         runtime.close()

@@ -88,6 +88,28 @@ ORDERED_CLAIM = f"""
       LEFT JOIN ozzy_outbox o ON o.event_id = r.event_id
 """
 
+
+def _server_prepared(name: str, statement: str) -> str:
+    return f"PREPARE {name} AS " + " ".join(statement.split()).replace(
+        "%(event_id)s", "current_setting('ozzy.gate_event_id')::uuid").replace(
+        "%(handler)s", "current_setting('ozzy.gate_handler')")
+
+
+#: The gate as one simple query (one round trip, one call into libpq: see
+#: :func:`shared.delivery.ordering.enter`): the transaction's BEGIN, the delivery's event id and
+#: handler as settings of the transaction, then :data:`LOCK_KEY` and :data:`ORDERED_CLAIM` as two
+#: statements of their own (the second's snapshot follows the lock), run from plans the server
+#: keeps per connection. The statements take no parameters (they read the two settings), so the
+#: server always runs their one generic plan: with parameters, under load, it kept re-planning
+#: them (a quarter of an ordered delivery's PostgreSQL time, docs/benchmarks.md). ``{event_id}``
+#: and ``{handler}`` are literals the driver escaped.
+#: :data:`GATE_PREPARE` goes in front the first time on a connection.
+GATE_PREPARE = (_server_prepared("ozzy_gate_lock", LOCK_KEY) + "; "
+                + _server_prepared("ozzy_gate_claim", ORDERED_CLAIM) + "; ")
+GATE = ("BEGIN; SELECT set_config('ozzy.gate_event_id', {event_id}, true), "
+        "set_config('ozzy.gate_handler', {handler}, true); "
+        "EXECUTE ozzy_gate_lock; EXECUTE ozzy_gate_claim")
+
 #: After an operator resolved a delivery of the key (in the same transaction, under the key's lock):
 #: if the earliest unfinished one of the key is blocked, it becomes pending again and comes back with
 #: its event, to be sent after commit (if that send is lost, the redelivery sweep sends it).
