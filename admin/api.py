@@ -22,7 +22,7 @@ from admin.auth import actor, audit, current_role, forbidden_json, required_role
 from shared.ops.accounts import authenticate_token, role_allows, token_role
 from admin.db import db_session
 from admin.models import Delivery, NodeRow, OutboxEvent
-from admin.views import caused_chain, not_dispatched
+from admin.views import NEWEST_BY_TIME, before_in_time, caused_chain, not_dispatched
 from shared.web.http import BadRequest, parse_id
 from shared.cluster import control
 from shared.cluster import values as dynamic
@@ -178,18 +178,20 @@ def nodes():  # type: ignore[no-untyped-def]
 def events():  # type: ignore[no-untyped-def]
     """Newest first; every filter is a bound parameter on an indexed column."""
     limit, cursor = _limit(), _cursor()
-    query = select(OutboxEvent).order_by(OutboxEvent.id.desc()).limit(limit + 1)
+    since, until = _time_arg("since"), _time_arg("until")
+    timed = since is not None or until is not None  # then newest first by time (see NEWEST_BY_TIME)
+    query = select(OutboxEvent).order_by(*(NEWEST_BY_TIME if timed else (OutboxEvent.id.desc(),))).limit(limit + 1)
     if cursor is not None:
-        query = query.where(OutboxEvent.id < cursor)
+        query = query.where(before_in_time(cursor) if timed else OutboxEvent.id < cursor)
     if (kind := request.args.get("type")) is not None:
         query = query.where(OutboxEvent.event_type == kind)
     if (aggregate_id := request.args.get("aggregate_id")) is not None:
         query = query.where(OutboxEvent.aggregate_id == aggregate_id)
     if (correlation := _uuid_arg("correlation_id")) is not None:
         query = query.where(OutboxEvent.correlation_id == correlation)
-    if (since := _time_arg("since")) is not None:
+    if since is not None:
         query = query.where(OutboxEvent.occurred_at >= since)
-    if (until := _time_arg("until")) is not None:
+    if until is not None:
         query = query.where(OutboxEvent.occurred_at < until)
     dispatched = request.args.get("dispatched")
     if dispatched is not None:

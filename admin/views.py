@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,7 +17,7 @@ from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla.filters import BaseSQLAFilter, DateTimeBetweenFilter, FilterEqual
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Regexp
 
@@ -283,6 +284,37 @@ def not_dispatched() -> ColumnElement[bool]:
     return or_(waiting, parked)
 
 
+#: A list filtered by a time range is newest first by ``(occurred_at, id)``, the order of
+#: ``ix_ozzy_outbox_occurred_at``: a page reads one page of index entries wherever the range lies in
+#: the log. Ordered by ``id`` alone, the planner walks the primary key from the newest event and
+#: filters out every event after the range (a third of a second at a million events). The log is
+#: written in time order, so both orders agree but for events committed out of their time order.
+NEWEST_BY_TIME = (OutboxEvent.occurred_at.desc(), OutboxEvent.id.desc())
+
+
+def before_in_time(cursor: int) -> ColumnElement[bool]:
+    """Events after ``cursor`` (an event id of a previous page) in :data:`NEWEST_BY_TIME` order.
+
+    A cursor whose event is gone (retention) takes the time of the next event left after it in the
+    log (or, if none, before it): a page may then repeat a few events, it skips none written in time
+    order."""
+    def nearest(condition: ColumnElement[bool], order: Any) -> Any:
+        return select(OutboxEvent.occurred_at).where(condition).order_by(order).limit(1).scalar_subquery()
+
+    at = func.coalesce(nearest(OutboxEvent.id >= cursor, OutboxEvent.id.asc()),
+                       nearest(OutboxEvent.id < cursor, OutboxEvent.id.desc()))
+    return tuple_(OutboxEvent.occurred_at, OutboxEvent.id) < tuple_(at, cursor)
+
+
+class OccurredFilter(DateTimeBetweenFilter):
+    """The event log's time range; while it is applied the list is in :data:`NEWEST_BY_TIME` order."""
+
+
+#: Set while :meth:`EventLogView.get_list` builds a list with an :class:`OccurredFilter` and no
+#: sort of the operator's choosing (a view object serves every request thread).
+_by_time: ContextVar[bool] = ContextVar("ozzy_admin_events_by_time", default=False)
+
+
 class DispatchedFilter(BaseSQLAFilter):
     """Dispatched or not."""
 
@@ -399,7 +431,7 @@ class EventLogView(ExactUuidSearch, ReadOnlyModelView):
         FilterEqual(OutboxEvent.event_type, "Type"),
         FilterEqual(OutboxEvent.aggregate_id, "Aggregate id"),
         UuidEqualFilter(OutboxEvent.correlation_id, "Correlation id"),
-        DateTimeBetweenFilter(OutboxEvent.occurred_at, "Occurred"),
+        OccurredFilter(OutboxEvent.occurred_at, "Occurred"),
         DispatchedFilter(OutboxEvent.dispatched_at, "Dispatched", options=(("1", "yes"), ("0", "no"))),
     ]
     column_formatters = {"correlation_id": _correlation, "aggregate_id": _aggregate}
@@ -415,6 +447,21 @@ class EventLogView(ExactUuidSearch, ReadOnlyModelView):
 
     def search_placeholder(self) -> str:
         return "Event, correlation or causation id; aggregate id"
+
+    def get_list(self, page, sort_column, sort_desc, search, filters, execute=True, page_size=None):  # type: ignore[no-untyped-def]
+        timed = sort_column is None and any(isinstance(self._filters[idx], OccurredFilter)
+                                            for idx, _, _ in filters or [])
+        token = _by_time.set(timed)
+        try:
+            return super().get_list(page, sort_column, sort_desc, search, filters, execute=execute,
+                                    page_size=page_size)
+        finally:
+            _by_time.reset(token)
+
+    def _apply_sorting(self, query, joins, sort_column, sort_desc):  # type: ignore[no-untyped-def]
+        if sort_column is None and _by_time.get():
+            return query.order_by(*NEWEST_BY_TIME), joins
+        return super()._apply_sorting(query, joins, sort_column, sort_desc)
 
     def render(self, template: str, **kwargs: Any):  # type: ignore[no-untyped-def]
         model = kwargs.get("model")

@@ -60,9 +60,9 @@ outbox = Table(
     # Only events with a cause: lookups always ask for one, and root events skip the index.
     Index("ix_ozzy_outbox_causation", "causation_id", postgresql_where=text("causation_id IS NOT NULL")),
     Index("ix_ozzy_outbox_type_id", "event_type", "id"),
-    # The log is written in time order, so a block-range index answers time ranges for a few
-    # bytes per 128 pages, where a B-tree would add an entry to every insert and every dispatch.
-    Index("ix_ozzy_outbox_occurred_at", "occurred_at", postgresql_using="brin"),
+    # Time-range pages of the back office and the API, newest first by (occurred_at, id): one page
+    # of entries read per page shown, however deep the range lies in the log (migration 0015).
+    Index("ix_ozzy_outbox_occurred_at", "occurred_at", "id"),
 )
 
 #: Delivery states. ``pending``: enqueued, not completed; ``retrying``: failed, a retry is scheduled;
@@ -123,6 +123,9 @@ deliveries = Table(
     Column("dispatch_seq", BigInteger),
     #: The replay that last sent this delivery again (see shared.delivery.replay).
     Column("replay_id", BigInteger),
+    # Dead letters only, newest first: the dead-letter pages read one page of entries however many
+    # finished deliveries the table holds; an entry is added only when a delivery dies (0015).
+    Index("ix_ozzy_deliveries_dead", "id", postgresql_where=text("status = 'dead'")),
     # Unfinished deliveries of ordered handlers only: "is an earlier one of this key unfinished?"
     Index(
         "ix_ozzy_deliveries_ordered", "handler", "order_key", "dispatch_seq",
