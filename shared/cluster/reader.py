@@ -25,11 +25,13 @@ from shared.cluster.listeners import ListenerCommand, ListenerSpec
 from shared.config import Config
 from shared.db import sql
 from shared.model.events import Event
-from shared.model.stored import decode, from_row
+from shared.model.stored import decode, from_row, json_text
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+#: What every envelope of an announced batch holds (:func:`shared.model.stored.envelope_json`).
+_ENVELOPE_TYPE = b'"type":'
 
 
 @dataclass
@@ -70,6 +72,9 @@ class ClusterListener:
         self.specs = {spec.name: spec for spec in specs}
         # Computed once: the reader consults them for every row it delivers.
         self._types = {name: spec.type_names for name, spec in self.specs.items()}
+        #: How an announced envelope names a type this reader reads (see :meth:`_announced`).
+        self._markers = [f'"type":{json_text(t)}'.encode()
+                         for t in sorted(set().union({ListenerCommand.event_type}, *self._types.values()))]
         self.positions: dict[str, int] = {}
         self.failures: dict[str, ListenerFailure] = {}
         self._commands_at = 0  # the last position read for listener commands
@@ -83,12 +88,23 @@ class ClusterListener:
         self.subscriber = Subscriber(
             client,
             [events_channel(config.redis_namespace)],
-            lambda channel, data: self._wake.set(),
+            self._announced,
             namespace=config.redis_namespace,
             heartbeat=config.fast_channel_heartbeat,
             on_connect=self._wake.set,
             name=f"listeners[{node_name}]",
         )
+
+    def _announced(self, channel: str, data: bytes) -> None:
+        """Wake the reader for an announced batch that holds an event of a type it reads.
+
+        The relay announces every batch; most hold none of the few types listeners take (flags,
+        settings, commands), and reading the log for those cost every process a connection and a
+        query per batch. The markers match the envelopes' own ``"type":"<name>"`` text, so a batch
+        that holds one always wakes the reader (a payload that happens to contain it only costs a
+        read); the poll and every re-subscription still read the log whatever was announced."""
+        if _ENVELOPE_TYPE not in data or any(marker in data for marker in self._markers):
+            self._wake.set()  # a message of another shape wakes it too
 
     def _checkpoint_name(self, spec: ListenerSpec) -> str:
         return f"{self.node_name}:{spec.name}"
