@@ -28,7 +28,7 @@ import weakref
 from collections import namedtuple
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import psycopg
 from psycopg import pq
@@ -72,7 +72,7 @@ def enter(session: Session, handler: str, event_id: uuid.UUID) -> Gate | None:
     connection = session.connection()
     driver: psycopg.Connection[Any] = connection.connection.driver_connection  # type: ignore[assignment]
     try:
-        gate = _gate_at_rest if _at_rest(driver) else _gate_pipelined
+        gate = _gate_at_rest if at_rest(driver) else _gate_pipelined
         rows = gate(driver, handler, event_id)
     except psycopg.Error as exc:
         disconnected = (driver.pgconn.status == pq.ConnStatus.BAD
@@ -87,9 +87,9 @@ def enter(session: Session, handler: str, event_id: uuid.UUID) -> Gate | None:
     return Gate(rows[0].blocker, rows[0].claimed, [r for r in rows if r.delivery_id is not None])
 
 
-def _at_rest(driver: Any) -> bool:
+def at_rest(driver: Any) -> TypeGuard[psycopg.Connection[Any]]:
     """A psycopg connection outside any transaction, with the driver's default settings: the gate
-    may send its own BEGIN."""
+    may send its own BEGIN (the inbox claim too)."""
     return (
         isinstance(driver, psycopg.Connection)
         and driver.info.transaction_status == pq.TransactionStatus.IDLE

@@ -218,14 +218,7 @@ def inbox_claim(session: Session, event_id: uuid.UUID, handler: str) -> Any:
     driver's default transaction settings; anywhere else, the same statement through the session."""
     connection = session.connection()
     driver = connection.connection.driver_connection
-    if (
-        isinstance(driver, psycopg.Connection)
-        and driver.info.transaction_status == pq.TransactionStatus.IDLE
-        and not driver.autocommit
-        and driver.isolation_level is None
-        and driver.read_only is None
-        and driver.deferrable is None
-    ):
+    if ordering.at_rest(driver):
         return _claim_on_driver(connection, driver, event_id, handler)
     return session.execute(sql.INBOX_CLAIM, {"event_id": event_id, "handler": handler}).scalar()
 
