@@ -25,7 +25,8 @@ Figures, each system in turn at the same moment of the machine:
 2. end to end: writer, relay and worker at once; the writer commits n events one per transaction
    as fast as it can; handled/s is n over first commit to the last handler start;
 3. commit -> handler start latency at 50 events/s (ours and procrastinate: the commit; Dramatiq:
-   the commit, its send after it counted in);
+   the commit, its send after it counted in); ours also split in three segments from the
+   timestamps the system records (see :func:`latency_split`);
 4. idle worker CPU (the worker's process tree);
 5. relay events/s (``bench/pipeline.py`` section 1) next to a hand-written claim-and-push loop on a
    copy of the outbox that has only the claim index;
@@ -66,7 +67,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
 import bench.pipeline as pl  # noqa: E402
-from bench.bench_app import TABLES, BenchItem  # noqa: E402
+from bench.bench_app import HANDLER_NAME, TABLES, BenchItem  # noqa: E402
 from bench.common import BenchError, percentile, wait_until  # noqa: E402
 from shared.delivery.relay import Relay  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402
@@ -265,6 +266,20 @@ class Ours(System):
         relayed = Relay(self.rt).drain()
         if relayed != n:
             raise BenchError(f"the relay sent {relayed} events, expected {n}")
+
+    def stamps(self, lo: int, hi: int) -> dict[int, tuple[float, float]]:
+        """Per event of ``seq`` in [lo, hi): when the relay's transaction that dispatched it began
+        (``dispatched_at``) and when the handler's transaction began (the delivery's
+        ``completed_at``), both the server's ``now()``, in epoch seconds."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(text(
+                """
+                SELECT (o.payload->>'seq')::int AS seq, extract(epoch FROM o.dispatched_at) AS relay,
+                       extract(epoch FROM d.completed_at) AS handler
+                  FROM ozzy_outbox o JOIN ozzy_deliveries d ON d.event_id = o.event_id AND d.handler = :handler
+                 WHERE (o.payload->>'seq')::int >= :lo AND (o.payload->>'seq')::int < :hi
+                """), {"lo": lo, "hi": hi, "handler": HANDLER_NAME}).all()
+        return {row.seq: (float(row.relay), float(row.handler)) for row in rows}
 
     @contextmanager
     def worker(self) -> Iterator[int]:
@@ -473,7 +488,37 @@ def latency(system: System, rate: float, duration: float) -> dict[str, Any]:
     result = {"events": n, "rate_per_s": rate, "p50_ms": r(percentile(lat, 50), 2), "p90_ms": r(percentile(lat, 90), 2),
               "p99_ms": r(percentile(lat, 99), 2), "max_ms": r(max(lat), 2), "late_sends": late}
     say(f"   {system.name}: p50 {result['p50_ms']} ms, p90 {result['p90_ms']} ms, p99 {result['p99_ms']} ms")
+    if isinstance(system, Ours):
+        result["split_ms"] = latency_split(committed, system.starts(LATENCY_BASE, hi), system.stamps(LATENCY_BASE, hi))
+        say("   ozzy, p50 per segment: " + ", ".join(f"{k} {v['p50']} ms" for k, v in result["split_ms"].items()))
     return result
+
+
+#: The segments of commit -> handler start, in order, and what each holds.
+SEGMENTS = {
+    # the writer's wake-up (pub/sub), the relay's subscriber and drain threads, its BEGIN
+    "commit_to_relay_begin": "commit returned -> the relay transaction's start (dispatched_at)",
+    # the claim, the Redis send with the mark, the worker's wake-up, fetch and thread hand-over
+    "relay_begin_to_handler_begin": "-> the handler transaction's start (the delivery's completed_at)",
+    # the inbox claim (an unordered one waits there for the relay's COMMIT) and the call
+    "handler_begin_to_start": "-> the handler's first line",
+}
+
+
+def latency_split(committed: dict[int, float], starts: dict[int, float],
+                  stamps: dict[int, tuple[float, float]]) -> dict[str, dict[str, float]]:
+    """p50 and p90 (ms) of each of :data:`SEGMENTS` over the events present in all three maps:
+    the writer's clock after its commit, then the server's ``now()`` of the relay's and the
+    handler's transactions, then the handler's clock (one machine, one clock)."""
+    parts: dict[str, list[float]] = {name: [] for name in SEGMENTS}
+    for seq, start in starts.items():
+        if seq not in committed or seq not in stamps:
+            continue
+        relay, handler = stamps[seq]
+        points = (committed[seq], relay, handler, start)
+        for name, a, b in zip(SEGMENTS, points, points[1:]):
+            parts[name].append((b - a) * 1000)
+    return {name: {"p50": r(percentile(v, 50), 2), "p90": r(percentile(v, 90), 2)} for name, v in parts.items()}
 
 
 def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, float]:
@@ -621,8 +666,10 @@ class PySpy:
         event (200 samples a second), and the lines of ours and Dramatiq's that the busy time is under."""
         buckets: Counter[str] = Counter()
         lines: Counter[str] = Counter()
-        for line in self.out.read_text().splitlines():
+        for line in self.out.read_text(errors="replace").splitlines():
             stack, _, count = line.rpartition(" ")
+            if not count.isdigit():  # py-spy sometimes reads a frame name with a line break in it
+                continue
             frames = stack.split(";")
             if thread not in frames[0] or within and not any(within in f for f in frames):
                 continue

@@ -79,3 +79,26 @@ def test_peer_workers_drain_a_backlog_and_the_report_and_chart_come_out(
     pytest.importorskip("matplotlib")
     peers.draw_chart(result, tmp_path / "peers.png")
     assert (tmp_path / "peers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_our_latency_is_split_in_segments_that_add_up_to_the_whole(bench_env: peers.PeersDatabase) -> None:
+    ours = peers.Ours(bench_env.env)
+    ours.reset()
+    with ours.running():
+        result = peers.latency(ours, rate=50.0, duration=0.3)
+    split = result["split_ms"]
+    assert list(split) == list(peers.SEGMENTS)
+    for name, figures in split.items():
+        assert figures["p50"] > 0, name  # each segment is a real stretch of time, in order
+    # The medians of the parts come close to the median of the whole (they are of different samples).
+    assert abs(sum(f["p50"] for f in split.values()) - result["p50_ms"]) < result["p50_ms"]
+
+
+def test_latency_split_uses_each_clock_in_order_and_skips_incomplete_events() -> None:
+    committed = {1: 10.000, 2: 20.000, 3: 30.000}
+    stamps = {1: (10.001, 10.003), 2: (20.002, 20.003)}
+    starts = {1: 10.004, 2: 20.005, 3: 30.009}  # event 3 has no stamps: left out
+    split = peers.latency_split(committed, starts, stamps)
+    assert split["commit_to_relay_begin"]["p50"] == pytest.approx(1.5)
+    assert split["relay_begin_to_handler_begin"]["p50"] == pytest.approx(1.5)
+    assert split["handler_begin_to_start"]["p50"] == pytest.approx(1.5)
