@@ -545,17 +545,7 @@ def running_measures(system: System, e2e_n: int, rate: float, duration: float, i
 
 # --- relay next to a claim-and-push loop on a lean table ---------------------------------------
 
-LEAN_CLAIM = text(
-    """
-    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload::text AS payload, metadata::text AS metadata, occurred_at
-      FROM bench_lean_outbox
-     WHERE dispatched_at IS NULL AND parked_at IS NULL
-     ORDER BY id
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
-    """
-)
+LEAN_CLAIM = pl.baseline_claim("bench_lean_outbox")
 
 
 def lean_loop(rt: Runtime, batch: int, key: str) -> int:

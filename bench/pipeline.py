@@ -312,18 +312,24 @@ def scalar(rt: Runtime, query: str, **params: Any) -> Any:
 # --- 1. relay dispatch rate --------------------------------------------------------------------
 
 
-#: The baseline's claim: the relay's, without the pending deliveries it records.
-BASELINE_CLAIM = text(
-    """
-    SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
-           payload::text AS payload, metadata::text AS metadata, occurred_at
-      FROM ozzy_outbox
-     WHERE dispatched_at IS NULL AND parked_at IS NULL
-     ORDER BY id
-     LIMIT :limit
-       FOR UPDATE SKIP LOCKED
-    """
-)
+def baseline_claim(table: str) -> Any:
+    """The hand-written loops' claim on ``table`` (an outbox or a copy of one): the relay's,
+    without the pending deliveries it records."""
+    return text(
+        f"""
+        SELECT id, event_id, event_type, event_version, aggregate_type, aggregate_id,
+               payload::text AS payload, metadata::text AS metadata, occurred_at
+          FROM {table}
+         WHERE dispatched_at IS NULL AND parked_at IS NULL
+         ORDER BY id
+         LIMIT :limit
+           FOR UPDATE SKIP LOCKED
+        """
+    )
+
+
+#: The baseline's claim on the outbox itself.
+BASELINE_CLAIM = baseline_claim("ozzy_outbox")
 
 
 def push_rows(client: Any, key: str, rows: Any) -> None:
