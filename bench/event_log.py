@@ -374,18 +374,23 @@ def probes(engine: Engine, rows: int) -> dict[str, Any]:
     }
 
 
-def filter_args(client) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """The list page's own filter URL names (``named_filter_urls``), from its filter-groups-data."""
-    html = client.get("/admin/events/").get_data(as_text=True)
+def list_filters(client, view: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """A back-office list page's own filter URL names (``named_filter_urls``), from its
+    filter-groups-data: ``{"Type equals": "type_equals", ...}``."""
+    html = client.get(f"/admin/{view}/").get_data(as_text=True)
     match = re.search(r'<div id="filter-groups-data"[^>]*>(.*?)</div>', html, re.S)
     if not match:
-        raise RuntimeError("no filter-groups-data on /admin/events/")
-    groups = json.loads(unescape(match.group(1)))
+        raise RuntimeError(f"no filter-groups-data on /admin/{view}/")
     args: dict[str, str] = {}
-    for label, filters in groups.items():
+    for label, filters in json.loads(unescape(match.group(1))).items():
         for entry in filters:
             args[f"{label} {entry['operation']}"] = entry["arg"]
     return args
+
+
+def filter_args(client) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The event list's filter URL names (see :func:`list_filters`)."""
+    return list_filters(client, "events")
 
 
 # --- measurements -------------------------------------------------------------------------------

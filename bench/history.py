@@ -220,18 +220,8 @@ def delivery_probes(engine: Engine) -> dict[str, Any]:
 
 def filter_args(client) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Each list page's filter URL names, ``{"events Type equals": "type_equals", ...}``."""
-    from html import unescape
-
-    args: dict[str, str] = {}
-    for view in ("events", "deliveries", "deadletters"):
-        html = client.get(f"/admin/{view}/").get_data(as_text=True)
-        match = re.search(r'<div id="filter-groups-data"[^>]*>(.*?)</div>', html, re.S)
-        if not match:
-            raise BenchError(f"no filter-groups-data on /admin/{view}/")
-        for label, filters in json.loads(unescape(match.group(1))).items():
-            for entry in filters:
-                args[f"{view} {label} {entry['operation']}"] = entry["arg"]
-    return args
+    return {f"{view} {name}": arg for view in ("events", "deliveries", "deadletters")
+            for name, arg in el.list_filters(client, view).items()}
 
 
 @dataclass
