@@ -453,7 +453,10 @@ def row_count(check: Check, office: Office, response) -> int:  # type: ignore[no
     return len(set(re.findall(r"/admin/events/details/\?id=(\d+)", html)))
 
 
-def request(office: Office, check: Check) -> tuple[float, float, int, list[Statement], Any]:
+def timed_get(office: Any, check: Any) -> tuple[float, float, Any, list[Statement], str]:
+    """GET ``check``'s URL as ``office``'s viewer (the API with its token): total ms, SQL ms, the
+    response, the statements recorded and the URL. Raises unless the answer is a 200. ``office``
+    and ``check``: this module's or ``bench/history.py``'s (same attributes)."""
     url = check.url(office)
     office.recorder.start()
     t0 = time.perf_counter()
@@ -466,7 +469,12 @@ def request(office: Office, check: Check) -> tuple[float, float, int, list[State
     statements = office.recorder.stop()
     if response.status_code != 200:
         raise RuntimeError(f"{office.label} {check.name}: GET {url} returned {response.status_code}: {body[:300]!r}")
-    return ms, sum(s.ms for s in statements), row_count(check, office, response), statements, url
+    return ms, sum(s.ms for s in statements), response, statements, url
+
+
+def request(office: Office, check: Check) -> tuple[float, float, int, list[Statement], Any]:
+    ms, sql_ms, response, statements, url = timed_get(office, check)
+    return ms, sql_ms, row_count(check, office, response), statements, url
 
 
 def measure(big: Office, small: Office, samples: int) -> dict[str, Any]:

@@ -326,19 +326,8 @@ def rows_of(check: Check, response: Any) -> int:
 
 
 def request(office: Office, check: Check) -> tuple[float, float, int, list[el.Statement], str]:
-    url = check.url(office)
-    office.recorder.start()
-    t0 = time.perf_counter()
-    if check.api:
-        response = office.api.get(url, headers={"Authorization": f"Bearer {office.token}"})
-    else:
-        response = office.client.get(url)
-    body = response.get_data()
-    ms = (time.perf_counter() - t0) * 1000
-    statements = office.recorder.stop()
-    if response.status_code != 200:
-        raise BenchError(f"{office.label} {check.name}: GET {url} returned {response.status_code}: {body[:300]!r}")
-    return ms, sum(s.ms for s in statements), rows_of(check, response), statements, url
+    ms, sql_ms, response, statements, url = el.timed_get(office, check)
+    return ms, sql_ms, rows_of(check, response), statements, url
 
 
 def measure_pages(big: Office, small: Office, samples: int, explain_ms: float, only: str | None) -> dict[str, Any]:
