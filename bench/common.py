@@ -37,3 +37,14 @@ def percentile(values: list[float], p: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def record_failure(result: dict[str, Any], exc: BaseException, say: Callable[[str], None]) -> None:
+    """A bench run that failed: the error goes into its JSON ``result`` and to ``say``; the
+    traceback too, unless the failure is a measurement's (:class:`BenchError`) or an interruption."""
+    result["error"] = f"{type(exc).__name__}: {exc}"
+    say(f"FAILED: {result['error']}")
+    if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
+        import traceback
+
+        traceback.print_exc()

@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from bench import common  # noqa: E402
-from bench.common import BenchError, percentile  # noqa: E402
+from bench.common import BenchError, record_failure, percentile  # noqa: E402
 from shared.config import Config  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.ops.accounts import create_token, create_user  # noqa: E402
@@ -451,12 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                 result[name] = runs[name]()
         ok = True
     except BaseException as exc:  # noqa: BLE001 - reported in the JSON line
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0 if ok else 1

@@ -70,7 +70,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import Engine, make_url  # noqa: E402
 from sqlalchemy.pool import NullPool  # noqa: E402
 
-from bench.common import BenchError, percentile, wait_until  # noqa: E402
+from bench.common import BenchError, record_failure, percentile, wait_until  # noqa: E402
 from shared.config import Config  # noqa: E402
 from tests import servers  # noqa: E402
 from tests.e2e.procs import ozzy_processes, process_env  # noqa: E402
@@ -453,12 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["throughput"] = throughput(system, engine, seconds)
         ok = True
     except BaseException as exc:  # noqa: BLE001 - reported in the JSON line
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         if ok:
             print(table(result), flush=True)

@@ -68,7 +68,7 @@ from sqlalchemy.orm import Session  # noqa: E402
 
 import bench.pipeline as pl  # noqa: E402
 from bench.bench_app import HANDLER_NAME, TABLES, BenchItem  # noqa: E402
-from bench.common import BenchError, percentile, wait_until  # noqa: E402
+from bench.common import BenchError, record_failure, percentile, wait_until  # noqa: E402
 from shared.delivery.relay import Relay  # noqa: E402
 from shared.runtime import Runtime  # noqa: E402
 
@@ -899,12 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             result["chart"] = str(chart)
         ok = True
     except BaseException as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         for system in systems:
             system.close()

@@ -49,7 +49,7 @@ import redis  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from bench.common import BenchError, percentile, wait_until  # noqa: E402
+from bench.common import BenchError, record_failure, percentile, wait_until  # noqa: E402
 from bench.bench_app import HANDLER_NAME, TABLES, BenchItem, ItemCreated, record_item  # noqa: E402
 from shared.db.engine import make_engine  # noqa: E402
 from shared.db.migrate import migrate  # noqa: E402
@@ -830,12 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         result["all_targets_met"] = all(met.values())
         ok = True
     except BaseException as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         env.close()
         print(json.dumps(result, separators=(",", ":")), flush=True)

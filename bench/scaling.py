@@ -65,7 +65,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 import bench.pipeline as pl  # noqa: E402
 import shared.delivery.relay as relay_module  # noqa: E402
-from bench.common import BenchError, percentile, wait_until  # noqa: E402
+from bench.common import BenchError, record_failure, percentile, wait_until  # noqa: E402
 from shared.channel.pubsub import queue_channel, relay_channel  # noqa: E402
 from shared.db.sql.outbox import DISPATCH_LOCK_KEY  # noqa: E402
 from shared.delivery.relay import Relay  # noqa: E402
@@ -684,12 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         run(args, result)
         ok = True
     except BaseException as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         result["loadavg_1m_after"] = pl.loadavg()
         print(json.dumps(result, separators=(",", ":")), flush=True)

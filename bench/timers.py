@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from bench.bench_app import HANDLER_NAME, ItemCreated  # noqa: E402
-from bench.common import BenchError, percentile, wait_until  # noqa: E402
+from bench.common import BenchError, record_failure, percentile, wait_until  # noqa: E402
 from bench.pipeline import (  # noqa: E402
     Environment,
     OzzyProcess,
@@ -861,12 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         print_tables(result)
         ok = True
     except BaseException as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        say(f"FAILED: {result['error']}")
-        if not isinstance(exc, (BenchError, KeyboardInterrupt, SystemExit)):
-            import traceback
-
-            traceback.print_exc()
+        record_failure(result, exc, say)
     finally:
         if bench is not None:
             bench.close()
